@@ -1,0 +1,224 @@
+"""BertConfig: model hyperparameters as a frozen, hashable dataclass.
+
+Every field of Hugging Face's `BertConfig` with the same name and default, plus the JAX-side
+fields (compute/param dtype, attention kernel, remat, scan). Reads and writes HF `config.json`
+and google-research's original `bert_config.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Any, Mapping, Optional, Union
+
+from flax.core import FrozenDict
+
+logger = logging.getLogger(__name__)
+
+ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "quick_gelu", "relu", "silu", "swish", "tanh")
+POSITION_EMBEDDING_TYPES = ("absolute", "relative_key", "relative_key_query")
+PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+ATTENTION_IMPLS = ("xla", "dot_product", "cudnn", "pallas_tpu", "pallas_gpu", "auto")
+REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable", "minimal")
+
+# Keys HF writes into config.json that describe the checkpoint or generation, not the model.
+_HF_BOOKKEEPING_KEYS = frozenset({
+    "architectures", "model_type", "transformers_version", "torch_dtype", "dtype", "_name_or_path",
+    "output_hidden_states", "output_attentions", "return_dict", "chunk_size_feed_forward",
+    "is_encoder_decoder", "bos_token_id", "eos_token_id", "gradient_checkpointing", "directionality",
+    "pooler_fc_size", "pooler_num_attention_heads", "pooler_num_fc_layers", "pooler_size_per_head",
+    "pooler_type", "_attn_implementation_autoset", "tokenizer_class", "finetuning_task",
+    "torchscript", "use_return_dict", "pruned_heads", "tie_encoder_decoder", "cross_attention_hidden_size",
+    "add_pooling_layer", "prefix", "task_specific_params", "sep_token_id", "decoder_start_token_id",
+})
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+    """BERT hyperparameters; field names and defaults are those of HF `transformers.BertConfig`.
+
+    Dict-valued fields (`id2label`, `label2id`) are stored as `FrozenDict` so the config stays
+    hashable (Flax modules and `jax.jit` static arguments need that).
+    """
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    pad_token_id: Optional[int] = 0
+    position_embedding_type: str = "absolute"
+    is_decoder: bool = False
+    add_cross_attention: bool = False
+    use_cache: bool = True
+    classifier_dropout: Optional[float] = None
+    num_labels: int = 2
+    id2label: Optional[Mapping[int, str]] = None
+    label2id: Optional[Mapping[str, int]] = None
+    problem_type: Optional[str] = None
+    tie_word_embeddings: bool = True
+    # JAX-side fields (not part of HF's config).
+    dtype: str = "float32"  # compute dtype of activations
+    param_dtype: str = "float32"  # storage dtype of parameters
+    attention_impl: str = "xla"  # named dot-product-attention kernel, see bert_jax.modeling.attention
+    remat_policy: str = "none"  # rematerialisation of each encoder layer in the backward pass
+    scan_layers: bool = False  # stack layers under nn.scan
+
+    def __post_init__(self):
+        set_ = lambda name, value: object.__setattr__(self, name, value)
+        # Normalise dtype spellings (jnp.float32, np.dtype('bfloat16'), 'bf16') to canonical names.
+        for name in ("dtype", "param_dtype"):
+            set_(name, _dtype_name(getattr(self, name), name))
+        id2label = self.id2label
+        if id2label is not None:
+            try:
+                id2label = {int(k): str(v) for k, v in dict(id2label).items()}
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"BertConfig.id2label must map integer ids to label names, got {self.id2label!r}") from e
+            if self.num_labels != len(id2label):
+                if self.num_labels == BertConfig.num_labels:
+                    set_("num_labels", len(id2label))  # num_labels left at its default: id2label decides
+                else:
+                    raise ValueError(
+                        f"BertConfig.num_labels={self.num_labels} disagrees with id2label, which has {len(id2label)} labels")
+        else:
+            id2label = {i: f"LABEL_{i}" for i in range(self.num_labels)}
+        label2id = dict(self.label2id) if self.label2id is not None else {v: k for k, v in id2label.items()}
+        set_("id2label", FrozenDict(id2label))
+        set_("label2id", FrozenDict({str(k): int(v) for k, v in label2id.items()}))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raises ValueError naming the first invalid field."""
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                     "max_position_embeddings", "type_vocab_size", "num_labels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"BertConfig.{name} must be a positive integer, got {value!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"BertConfig.hidden_size={self.hidden_size} is not a multiple of "
+                             f"num_attention_heads={self.num_attention_heads}")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
+            value = getattr(self, name)
+            if value is None and name == "classifier_dropout":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ValueError(f"BertConfig.{name} must be a probability in [0, 1), got {value!r}")
+        for name in ("initializer_range", "layer_norm_eps"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"BertConfig.{name} must be a positive number, got {value!r}")
+        _check_choice("hidden_act", self.hidden_act, ACTIVATIONS)
+        _check_choice("position_embedding_type", self.position_embedding_type, POSITION_EMBEDDING_TYPES)
+        _check_choice("problem_type", self.problem_type, PROBLEM_TYPES)
+        _check_choice("attention_impl", self.attention_impl, ATTENTION_IMPLS)
+        _check_choice("remat_policy", self.remat_policy, REMAT_POLICIES)
+        if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(f"BertConfig.pad_token_id={self.pad_token_id} is outside the vocabulary "
+                             f"[0, {self.vocab_size})")
+        if self.add_cross_attention and not self.is_decoder:
+            raise ValueError("BertConfig.add_cross_attention=True requires is_decoder=True "
+                             "(cross-attention layers only exist in the decoder)")
+        if len(self.id2label) != self.num_labels:
+            raise ValueError(f"BertConfig.id2label has {len(self.id2label)} labels but num_labels={self.num_labels}")
+
+    # ----------------------------------------------------------------------------------------------
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    def replace(self, **changes: Any) -> "BertConfig":
+        """Returns a copy with `changes` applied (validated)."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"BertConfig has no field(s) {sorted(unknown)}")
+        if "id2label" in changes and "label2id" not in changes:
+            changes["label2id"] = None
+        if "num_labels" in changes and "id2label" not in changes:
+            changes.update(id2label=None, label2id=None)
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_hf(cls, config: Union[Mapping[str, Any], str, os.PathLike], **overrides: Any) -> "BertConfig":
+        """Builds a config from an HF `config.json` (dict, file or directory) or google-research's
+        `bert_config.json`. `overrides` set JAX-side or any other fields (e.g. dtype="bfloat16")."""
+        if isinstance(config, (str, os.PathLike)):
+            path = os.fspath(config)
+            if os.path.isdir(path):
+                for name in ("config.json", "bert_config.json"):
+                    if os.path.isfile(os.path.join(path, name)):
+                        path = os.path.join(path, name)
+                        break
+                else:
+                    raise FileNotFoundError(f"no config.json or bert_config.json in {path}")
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"config file {path} does not exist")
+            with open(path) as f:
+                try:
+                    config = json.load(f)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"config file {path} is not valid JSON: {e}") from e
+        if not isinstance(config, Mapping):
+            raise ValueError(f"BertConfig.from_hf expects a dict or a path, got {type(config).__name__}")
+        model_type = config.get("model_type", "bert")
+        if model_type != "bert":
+            logger.warning("config has model_type=%r; reading it as BERT", model_type)
+        field_names = {f.name for f in dataclasses.fields(cls)} - _JAX_FIELDS
+        kwargs = {k: v for k, v in config.items() if k in field_names}
+        unknown = sorted(set(config) - field_names - _HF_BOOKKEEPING_KEYS)
+        if unknown:
+            logger.info("BertConfig.from_hf ignores keys %s", unknown)
+        if "id2label" in kwargs and "num_labels" not in kwargs and kwargs["id2label"] is not None:
+            kwargs["num_labels"] = len(kwargs["id2label"])
+        # Older configs leave these out; None means "HF default" there, not "no value".
+        for name in ("layer_norm_eps", "pad_token_id", "position_embedding_type", "use_cache", "tie_word_embeddings"):
+            if name in kwargs and kwargs[name] is None and name != "pad_token_id":
+                del kwargs[name]
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    def to_hf(self, architectures: Optional[list] = None) -> dict:
+        """Returns an HF `config.json` dict (JAX-side fields left out)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _JAX_FIELDS}
+        out["id2label"] = {str(k): v for k, v in self.id2label.items()}
+        out["label2id"] = dict(self.label2id)
+        out["model_type"] = "bert"
+        if architectures:
+            out["architectures"] = list(architectures)
+        return out
+
+    def to_json_file(self, path: Union[str, os.PathLike], **kwargs: Any) -> None:
+        with open(path, "w") as f:
+            json.dump(self.to_hf(**kwargs), f, indent=2, sort_keys=True)
+
+
+_JAX_FIELDS = frozenset({"dtype", "param_dtype", "attention_impl", "remat_policy", "scan_layers"})
+
+_DTYPE_ALIASES = {"fp32": "float32", "f32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16",
+                  "f16": "float16", "fp64": "float64", "float": "float32"}
+
+
+def _dtype_name(value: Any, field: str) -> str:
+    try:
+        import numpy as np
+        name = value if isinstance(value, str) else np.dtype(value).name
+    except TypeError as e:
+        raise ValueError(f"BertConfig.{field} must be one of {DTYPES}, got {value!r}") from e
+    name = _DTYPE_ALIASES.get(name, name)
+    _check_choice(field, name, DTYPES)
+    return name
+
+
+def _check_choice(field: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"BertConfig.{field}={value!r} is not one of {choices}")

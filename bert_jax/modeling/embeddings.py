@@ -1,0 +1,49 @@
+"""BERT input embeddings: word + position + token type, then LayerNorm and dropout."""
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bert_jax.config import BertConfig
+from bert_jax.modeling.common import layer_norm, weight_init
+
+
+class BertEmbeddings(nn.Module):
+    """Param names follow transformers (`word_embeddings`, `position_embeddings`,
+    `token_type_embeddings`, `LayerNorm`) so checkpoints map one to one."""
+
+    config: BertConfig
+
+    def setup(self):
+        cfg = self.config
+        embed = lambda n, axes, name: nn.Embed(n, cfg.hidden_size, dtype=jnp.dtype(cfg.dtype),
+                                                param_dtype=jnp.dtype(cfg.param_dtype),
+                                                embedding_init=weight_init(cfg, axes), name=name)
+        self.word_embeddings = embed(cfg.vocab_size, ("vocab", "embed"), "word_embeddings")
+        self.position_embeddings = embed(cfg.max_position_embeddings, (None, "embed"), "position_embeddings")
+        self.token_type_embeddings = embed(cfg.type_vocab_size, (None, "embed"), "token_type_embeddings")
+        self.LayerNorm = layer_norm(cfg)
+        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+
+    def __call__(self, input_ids: Optional[jax.Array], token_type_ids: jax.Array, position_ids: jax.Array,
+                 inputs_embeds: Optional[jax.Array] = None, deterministic: bool = True) -> jax.Array:
+        """ids [B, L] (or `inputs_embeds` [B, L, H]), token types [B, L], positions [B or 1, L] -> [B, L, H]."""
+        if inputs_embeds is None:
+            inputs_embeds = self.word_embeddings(input_ids)
+        elif self.is_initializing():
+            self.word_embeddings(jnp.zeros((1, 1), jnp.int32))  # create the table the MLM decoder ties to
+        x = inputs_embeds.astype(jnp.dtype(self.config.dtype)) + self.token_type_embeddings(token_type_ids)
+        position_embeddings = self.position_embeddings(position_ids)
+        # Relative-position models keep the (unused) absolute table, as the reference does, so their
+        # checkpoints load unchanged.
+        if self.config.position_embedding_type == "absolute":
+            x = x + position_embeddings
+        x = self.LayerNorm(x)
+        x = self.dropout(x, deterministic=deterministic)
+        return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+    def attend(self, hidden: jax.Array) -> jax.Array:
+        """Tied output projection: [..., H] @ word_embeddings.T -> [..., V]."""
+        return self.word_embeddings.attend(hidden)

@@ -1,0 +1,235 @@
+"""The BERT encoder: post-LN transformer layers with optional causal self-attention, KV cache,
+cross-attention and relative position scores, and the pooler.
+
+Param names mirror transformers (`attention/self/query`, `attention/output/LayerNorm`,
+`intermediate/dense`, `output/dense`, `crossattention/...`) so checkpoints map by name; Q/K/V
+kernels are kept as [embed, heads, head_dim] so the heads axis can be sharded.
+"""
+
+from typing import Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bert_jax.config import BertConfig
+from bert_jax.modeling.attention import AttentionCall, select_kernel
+from bert_jax.modeling.common import ACT_FNS, dense, layer_norm, weight_init
+
+Array = jax.Array
+
+REMAT_POLICIES = {
+    "full": None,  # save nothing, recompute the whole layer
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class BertSelfAttention(nn.Module):
+    """Multi-head attention projections + kernel. `is_cross` attends to encoder states; `causal`
+    adds the decoder's causal mask and enables the KV cache (`cache` collection)."""
+
+    config: BertConfig
+    causal: bool = False
+    is_cross: bool = False
+
+    @nn.compact
+    def __call__(self, hidden: Array, kv_states: Optional[Array], mask: Optional[Array],
+                 head_mask: Optional[Array], deterministic: bool, output_attentions: bool,
+                 init_cache: bool = False) -> Tuple[Array, Optional[Array]]:
+        """hidden [B, Q, H]; kv_states [B, S, H] (cross) or None (self); mask bool [B, 1, Q|1, K];
+        head_mask [N] or None. Returns context [B, Q, H] and probabilities [B, N, Q, K] or None."""
+        cfg = self.config
+        heads, head_dim = cfg.num_attention_heads, cfg.head_dim
+        proj = lambda name: dense(cfg, (heads, head_dim), ("embed", "heads", "kv"), name)
+        source = hidden if kv_states is None else kv_states
+        query = proj("query")(hidden)
+        key = proj("key")(source)
+        value = proj("value")(source)
+        query = nn.with_logical_constraint(query, ("batch", "length", "heads", "kv"))
+
+        q_len, k_len = hidden.shape[1], key.shape[1]
+        q_pos = jnp.arange(q_len)
+        decoding = self.causal and (init_cache or self.has_variable("cache", "cached_key"))
+        if decoding:
+            cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+            cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+            cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+            if not init_cache:
+                # Write this step's keys/values at the cache index; attend over the whole cache with
+                # keys beyond the current position masked by the causal mask below.
+                index = cache_index.value
+                key = jax.lax.dynamic_update_slice(cached_key.value, key.astype(cached_key.value.dtype),
+                                                   (0, index, 0, 0))
+                value = jax.lax.dynamic_update_slice(cached_value.value, value.astype(cached_value.value.dtype),
+                                                     (0, index, 0, 0))
+                cached_key.value, cached_value.value = key, value
+                cache_index.value = index + q_len
+                q_pos = q_pos + index
+                k_len = key.shape[1]
+        k_pos = jnp.arange(k_len)
+        if decoding and not init_cache:
+            # Outside decoding the model folds the causal mask into `mask`; here it depends on the
+            # cache index, which only this module knows.
+            causal = (k_pos[None, :] <= q_pos[:, None])[None, None]
+            mask = causal if mask is None else jnp.logical_and(mask, causal)
+
+        bias = None
+        if cfg.position_embedding_type != "absolute" and not self.is_cross:
+            bias = self._relative_scores(query, key, q_pos, k_pos) * head_dim ** -0.5
+
+        dropout_rng = None
+        if not deterministic and cfg.attention_probs_dropout_prob > 0.0:
+            dropout_rng = self.make_rng("dropout")
+        call = AttentionCall(needs_probs=output_attentions, has_head_mask=head_mask is not None,
+                             dropout=dropout_rng is not None, has_bias=bias is not None)
+        kernel = select_kernel(cfg.attention_impl, call)
+        if head_mask is not None:
+            head_mask = jnp.asarray(head_mask).reshape(1, heads, 1, 1)
+        context, probs = kernel(query, key, value, mask=mask, bias=bias, head_mask=head_mask,
+                                dropout_rate=cfg.attention_probs_dropout_prob, dropout_rng=dropout_rng,
+                                return_probs=output_attentions)
+        return context, probs
+
+    def _relative_scores(self, query: Array, key: Array, q_pos: Array, k_pos: Array) -> Array:
+        """Shaw et al. / Huang et al. relative scores [B, N, Q, K] (before the 1/sqrt(D) scale)."""
+        cfg = self.config
+        table = nn.Embed(2 * cfg.max_position_embeddings - 1, cfg.head_dim, dtype=jnp.dtype(cfg.dtype),
+                         param_dtype=jnp.dtype(cfg.param_dtype), embedding_init=weight_init(cfg, (None, "kv")),
+                         name="distance_embedding")
+        distance = q_pos[:, None] - k_pos[None, :] + cfg.max_position_embeddings - 1
+        positional = table(distance)  # [Q, K, D]
+        scores = jnp.einsum("bqnd,qkd->bnqk", query, positional, preferred_element_type=jnp.float32)
+        if cfg.position_embedding_type == "relative_key_query":
+            scores = scores + jnp.einsum("bknd,qkd->bnqk", key, positional, preferred_element_type=jnp.float32)
+        return scores
+
+
+class BertSelfOutput(nn.Module):
+    """dense(context [B, L, N, D]) -> dropout -> LayerNorm(x + residual)."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, context: Array, residual: Array, deterministic: bool) -> Array:
+        cfg = self.config
+        x = dense(cfg, cfg.hidden_size, ("heads", "kv", "embed"), "dense", axis=(-2, -1))(context)
+        x = nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+        return layer_norm(cfg)(x + residual)
+
+
+class BertAttention(nn.Module):
+    """Self- or cross-attention followed by its output block (post-LN residual)."""
+
+    config: BertConfig
+    causal: bool = False
+    is_cross: bool = False
+
+    @nn.compact
+    def __call__(self, hidden, kv_states, mask, head_mask, deterministic, output_attentions, init_cache=False):
+        context, probs = BertSelfAttention(self.config, self.causal, self.is_cross, name="self")(
+            hidden, kv_states, mask, head_mask, deterministic, output_attentions, init_cache)
+        return BertSelfOutput(self.config, name="output")(context, hidden, deterministic), probs
+
+
+class BertIntermediate(nn.Module):
+    """dense [embed -> mlp] + activation."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.config
+        x = dense(cfg, cfg.intermediate_size, ("embed", "mlp"), "dense")(x)
+        return nn.with_logical_constraint(ACT_FNS[cfg.hidden_act](x), ("batch", "length", "mlp"))
+
+
+class BertOutput(nn.Module):
+    """dense [mlp -> embed] -> dropout -> LayerNorm(x + residual)."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, intermediate: Array, residual: Array, deterministic: bool) -> Array:
+        cfg = self.config
+        x = dense(cfg, cfg.hidden_size, ("mlp", "embed"), "dense")(intermediate)
+        x = nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+        return layer_norm(cfg)(x + residual)
+
+
+class BertLayer(nn.Module):
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, hidden: Array, mask: Optional[Array], head_mask: Optional[Array],
+                 encoder_hidden_states: Optional[Array], encoder_mask: Optional[Array],
+                 deterministic: bool = True, output_attentions: bool = False, init_cache: bool = False):
+        """hidden [B, L, H] -> ([B, L, H], self-attention probs, cross-attention probs)."""
+        cfg = self.config
+        x, self_probs = BertAttention(cfg, causal=cfg.is_decoder, name="attention")(
+            hidden, None, mask, head_mask, deterministic, output_attentions, init_cache)
+        cross_probs = None
+        if cfg.add_cross_attention and encoder_hidden_states is not None:
+            x, cross_probs = BertAttention(cfg, is_cross=True, name="crossattention")(
+                x, encoder_hidden_states, encoder_mask, head_mask, deterministic, output_attentions)
+        out = BertOutput(cfg, name="output")(BertIntermediate(cfg, name="intermediate")(x), x, deterministic)
+        return nn.with_logical_constraint(out, ("batch", "length", "embed")), self_probs, cross_probs
+
+
+class BertEncoder(nn.Module):
+    """A stack of `num_hidden_layers` BertLayers, params under `layer/<i>` (transformers' naming)."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, hidden: Array, mask: Optional[Array], head_mask: Optional[Array],
+                 encoder_hidden_states: Optional[Array], encoder_mask: Optional[Array],
+                 deterministic: bool = True, output_attentions: bool = False, output_hidden_states: bool = False,
+                 init_cache: bool = False):
+        """Returns (last hidden [B, L, H], all hidden states or None, self probs or None, cross probs or None)."""
+        return BertLayerStack(self.config, name="layer")(
+            hidden, mask, head_mask, encoder_hidden_states, encoder_mask, deterministic, output_attentions,
+            output_hidden_states, init_cache)
+
+
+class BertLayerStack(nn.Module):
+    """Runs the layers in order; a module of its own so params sit at `encoder/layer/<i>`."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, hidden, mask, head_mask, encoder_hidden_states, encoder_mask, deterministic,
+                 output_attentions, output_hidden_states, init_cache):
+        cfg = self.config
+        if cfg.scan_layers:
+            raise NotImplementedError("scan_layers=True is not implemented yet; use scan_layers=False")
+        layer_cls = BertLayer
+        if cfg.remat_policy != "none":
+            # self is argument 0: deterministic, output_attentions, init_cache are static.
+            layer_cls = nn.remat(BertLayer, policy=REMAT_POLICIES[cfg.remat_policy], static_argnums=(6, 7, 8))
+        all_hidden = [hidden]
+        all_self, all_cross = [], []
+        for i in range(cfg.num_hidden_layers):
+            layer_head_mask = None if head_mask is None else head_mask[i]
+            hidden, self_probs, cross_probs = layer_cls(cfg, name=str(i))(
+                hidden, mask, layer_head_mask, encoder_hidden_states, encoder_mask,
+                deterministic, output_attentions, init_cache)
+            all_hidden.append(hidden)
+            all_self.append(self_probs)
+            all_cross.append(cross_probs)
+        return (hidden,
+                tuple(all_hidden) if output_hidden_states else None,
+                tuple(all_self) if output_attentions else None,
+                tuple(all_cross) if output_attentions and all_cross[0] is not None else None)
+
+
+class BertPooler(nn.Module):
+    """tanh(dense(h[:, 0])): [B, L, H] -> [B, H]."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, hidden: Array) -> Array:
+        cfg = self.config
+        return jnp.tanh(dense(cfg, cfg.hidden_size, ("embed", None), "dense")(hidden[:, 0]))

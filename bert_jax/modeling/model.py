@@ -1,0 +1,113 @@
+"""`BertModel`: embeddings + encoder (+ pooler), with mask construction and input validation."""
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bert_jax.config import BertConfig
+from bert_jax.modeling.embeddings import BertEmbeddings
+from bert_jax.modeling.encoder import BertEncoder, BertPooler
+from bert_jax.modeling.inputs import validate_inputs
+from bert_jax.modeling.outputs import BertModelOutput
+
+Array = jax.Array
+
+
+class BertModel(nn.Module):
+    """The bare BERT encoder (or decoder, with `config.is_decoder`).
+
+    Dropout needs `deterministic=False` and a `dropout` rng. For incremental decoding, create the
+    cache with `bert_jax.init_cache` and call with `mutable=["cache"]`.
+    """
+
+    config: BertConfig
+    add_pooling_layer: bool = True
+
+    @nn.compact
+    def __call__(self, input_ids: Optional[Array] = None, attention_mask: Optional[Array] = None,
+                 token_type_ids: Optional[Array] = None, position_ids: Optional[Array] = None,
+                 head_mask: Optional[Array] = None, inputs_embeds: Optional[Array] = None,
+                 encoder_hidden_states: Optional[Array] = None, encoder_attention_mask: Optional[Array] = None,
+                 *, deterministic: bool = True, output_attentions: bool = False, output_hidden_states: bool = False,
+                 init_cache: bool = False) -> BertModelOutput:
+        """
+        Args:
+          input_ids: [B, L] token ids (or `inputs_embeds` [B, L, H]).
+          attention_mask: [B, L] 1 = token, 0 = padding; or [B, L, L] full mask (used as given, no
+            causal mask added). While decoding: [B, T] over the cache positions written so far
+            (T <= cache length).
+          token_type_ids: [B, L], default zeros. position_ids: [B or 1, L], default 0..L-1 (offset
+            by the cache index while decoding).
+          head_mask: [N] or [num_layers, N]; 0 switches a head off (multiplies its probabilities).
+          encoder_hidden_states / encoder_attention_mask: [B, S, H] / [B, S] for cross-attention.
+        Returns:
+          BertModelOutput with last_hidden_state [B, L, H] and pooler_output [B, H].
+        """
+        cfg = self.config
+        decoding = cfg.is_decoder and not init_cache and self.has_variable("cache", "position_offset")
+        cache_length = _cache_length(self.variables.get("cache")) if decoding else None
+        validate_inputs(cfg, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                        encoder_hidden_states, encoder_attention_mask, cache_length)
+        batch, seq = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
+
+        offset = 0
+        if cfg.is_decoder and (init_cache or decoding):
+            offset_var = self.variable("cache", "position_offset", lambda: jnp.array(0, jnp.int32))
+            if decoding:
+                offset = offset_var.value
+                offset_var.value = offset + seq
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros((batch, seq), jnp.int32)
+        if position_ids is None:
+            position_ids = (offset + jnp.arange(seq, dtype=jnp.int32))[None, :]
+
+        hidden = BertEmbeddings(cfg, name="embeddings")(input_ids, token_type_ids, position_ids, inputs_embeds,
+                                                        deterministic)
+        mask = _self_attention_mask(attention_mask, seq, cfg.is_decoder, cache_length)
+        encoder_mask = None
+        if encoder_attention_mask is not None:
+            encoder_mask = encoder_attention_mask.astype(bool)[:, None, None, :]
+        if head_mask is not None:
+            head_mask = jnp.asarray(head_mask)
+            if head_mask.ndim == 1:
+                head_mask = jnp.broadcast_to(head_mask, (cfg.num_hidden_layers, cfg.num_attention_heads))
+            if head_mask.shape != (cfg.num_hidden_layers, cfg.num_attention_heads):
+                raise ValueError(f"head_mask must be [num_heads] or [num_layers, num_heads] = "
+                                 f"{(cfg.num_hidden_layers, cfg.num_attention_heads)}, got {head_mask.shape}")
+
+        last, all_hidden, attentions, cross = BertEncoder(cfg, name="encoder")(
+            hidden, mask, head_mask, encoder_hidden_states, encoder_mask, deterministic, output_attentions,
+            output_hidden_states, init_cache)
+        pooled = BertPooler(cfg, name="pooler")(last) if self.add_pooling_layer else None
+        return BertModelOutput(last_hidden_state=last, pooler_output=pooled, hidden_states=all_hidden,
+                               attentions=attentions, cross_attentions=cross)
+
+
+def _self_attention_mask(attention_mask: Optional[Array], seq: int, causal: bool,
+                         cache_length: Optional[int]) -> Optional[Array]:
+    """Boolean mask broadcastable to [B, N, Q, K] (True = attend)."""
+    if cache_length is not None:
+        # Decoding: pad the mask over the whole cache; the attention module adds the causal part,
+        # which hides the not-yet-written positions.
+        if attention_mask is None:
+            return None
+        mask = attention_mask.astype(bool)
+        mask = jnp.pad(mask, ((0, 0), (0, cache_length - mask.shape[1])), constant_values=True)
+        return mask[:, None, None, :]
+    if attention_mask is not None and attention_mask.ndim == 3:
+        return attention_mask.astype(bool)[:, None, :, :]
+    mask = None if attention_mask is None else attention_mask.astype(bool)[:, None, None, :]
+    if causal:
+        causal_mask = jnp.tril(jnp.ones((seq, seq), bool))[None, None]
+        mask = causal_mask if mask is None else jnp.logical_and(mask, causal_mask)
+    return mask
+
+
+def _cache_length(cache) -> int:
+    """Length of the KV cache, read off layer 0's cached keys [B, T, N, D]."""
+    try:
+        return cache["encoder"]["layer"]["0"]["attention"]["self"]["cached_key"].shape[1]
+    except (KeyError, TypeError) as e:
+        raise ValueError("decoding needs a cache made by bert_jax.init_cache") from e

@@ -1,0 +1,46 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests import cases
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LEGACY_HF = os.environ.get("BERT_JAX_LEGACY_HF", os.path.join(ROOT, ".legacy_hf"))
+
+
+def legacy_cases() -> list:
+    return (cases.relative_cases() + cases.head_mask_cases()
+            + [cases.mask_3d_case(), cases.mask_3d_case("relative_key", "mask_3d_rel")])
+
+
+@pytest.fixture(scope="session")
+def legacy_reference(tmp_path_factory):
+    """Runs transformers 4.57 (relative positions, head_mask) once per session in a subprocess.
+
+    Returns {case name: (checkpoint dir, outputs dict)}."""
+    if not os.path.isfile(os.path.join(LEGACY_HF, "transformers", "__init__.py")):
+        message = f"transformers 4.57 is not installed in {LEGACY_HF} (run `bash setup.sh test`)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    out_dir = str(tmp_path_factory.mktemp("legacy_hf"))
+    spec = os.path.join(out_dir, "spec.json")
+    all_cases = legacy_cases()
+    with open(spec, "w") as f:
+        json.dump(all_cases, f)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([LEGACY_HF, ROOT]), TRANSFORMERS_VERBOSITY="error",
+               HF_HUB_OFFLINE="1", TRANSFORMERS_NO_ADVISORY_WARNINGS="1")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "hf_reference.py"), spec, out_dir],
+                          env=env, capture_output=True, text=True, timeout=600)
+    if proc.returncode:
+        pytest.fail(f"legacy reference failed:\n{proc.stderr[-4000:]}")
+    result = {}
+    for case in all_cases:
+        path = os.path.join(out_dir, case["name"])
+        with np.load(os.path.join(path, "outputs.npz")) as data:
+            result[case["name"]] = (path, {k: data[k] for k in data.files})
+    return result
