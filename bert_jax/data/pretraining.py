@@ -1,0 +1,631 @@
+"""BERT pre-training data: a faithful port of google-research/bert `create_pretraining_data.py`, plus
+RoBERTa-style dynamic masking and FULL-SENTENCES packing.
+
+Static recipe (`create_training_instances`): input files hold one sentence per line, documents separated by
+blank lines (a document does not end at a file boundary, as in the original). Instances are
+`[CLS] A [SEP] B [SEP]` with next-sentence labels and masked-LM predictions drawn from one
+`random.Random(seed)` in exactly the original's order, so a seed reproduces the original's instances.
+
+Offline format (`write_pretraining_data` / `write_examples`): ArrayRecord shards
+`{prefix}.array_record-00000-of-0000N` (`group_size:1`, contiguous blocks of the shuffled instances, so record
+key k of `PretrainingDataSource` is instance k) plus `{prefix}.features.json`. Each record is a msgpack map
+`{feature_name: ExtType(1, msgpack((shape, dtype_name, C-order raw bytes)))}` -- the layout of
+`flax.serialization.msgpack_serialize`, so `flax.serialization.msgpack_restore(record)` also reads it, and any
+msgpack client can. Features (int32 unless noted):
+  input_ids, token_type_ids, attention_mask   [max_seq_length]
+  masked_lm_positions, masked_lm_ids          [max_predictions_per_seq]  (zero padded)
+  masked_lm_weights                           [max_predictions_per_seq]  float32 1.0 real / 0.0 padding
+  next_sentence_labels                        []                         0 = B is next, 1 = B is random
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import glob
+import itertools
+import json
+import logging
+import os
+import random
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
+
+import msgpack
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+CLS, SEP, MASK, PAD = "[CLS]", "[SEP]", "[MASK]", "[PAD]"
+FEATURE_NAMES = ("input_ids", "token_type_ids", "attention_mask", "masked_lm_positions", "masked_lm_ids",
+                 "masked_lm_weights", "next_sentence_labels")
+FORMAT_VERSION = "bert_jax.pretraining/v1"
+_NDARRAY_EXT = 1  # flax.serialization._MsgpackExtType.ndarray
+MaskedLmInstance = collections.namedtuple("MaskedLmInstance", ["index", "label"])
+
+
+@dataclasses.dataclass
+class TrainingInstance:
+    """A single training instance (sentence pair), as in the original."""
+    tokens: list
+    segment_ids: list
+    masked_lm_positions: list
+    masked_lm_labels: list
+    is_random_next: bool
+
+
+# --------------------------------------------------------------------------------------------- validation
+def validate_args(max_seq_length: int = 128, max_predictions_per_seq: int = 20, masked_lm_prob: float = 0.15,
+                  short_seq_prob: float = 0.0, dupe_factor: int = 1, num_shards: int = 1) -> None:
+    """Raises ValueError naming the offending argument."""
+    def _int(name, value, lo):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
+            raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
+    _int("max_seq_length", max_seq_length, 5)  # [CLS] a [SEP] b [SEP]
+    _int("max_predictions_per_seq", max_predictions_per_seq, 1)
+    _int("dupe_factor", dupe_factor, 1)
+    _int("num_shards", num_shards, 1)
+    if not 0.0 < float(masked_lm_prob) < 1.0:
+        raise ValueError(f"masked_lm_prob must be in (0, 1), got {masked_lm_prob!r}")
+    if not 0.0 <= float(short_seq_prob) <= 1.0:
+        raise ValueError(f"short_seq_prob must be in [0, 1], got {short_seq_prob!r}")
+
+
+def expand_input_files(patterns: Union[str, os.PathLike, Sequence]) -> list[str]:
+    """Comma-separated glob patterns (or a list of them) -> sorted file list; ValueError if a pattern matches none."""
+    if isinstance(patterns, (str, os.PathLike)):
+        patterns = [p for p in os.fspath(patterns).split(",") if p.strip()]
+    files = []
+    for pattern in patterns:
+        pattern = os.fspath(pattern).strip()
+        matched = sorted(p for p in glob.glob(os.path.expanduser(pattern)) if os.path.isfile(p))
+        if not matched:
+            raise ValueError(f"input pattern {pattern!r} matched no files")
+        files.extend(matched)
+    if not files:
+        raise ValueError("no input files given")
+    return files
+
+
+def _vocab_words(tokenizer) -> list[str]:
+    """`list(tokenizer.vocab.keys())` of the original, i.e. the tokens in vocab-file (= id) order."""
+    vocab = tokenizer.vocab
+    for token in (CLS, SEP, MASK):
+        if token not in vocab:
+            raise ValueError(f"tokenizer vocab is missing the special token {token}")
+    return sorted(vocab, key=vocab.__getitem__)
+
+
+def _progress(iterable, total=None, desc="", enabled=False):
+    if not enabled:
+        return iterable
+    try:
+        from tqdm import tqdm
+        return tqdm(iterable, total=total, desc=desc, dynamic_ncols=True)
+    except ImportError:
+        def logged():
+            every = max(1, (total or 100_000) // 20)
+            for n, item in enumerate(iterable, 1):
+                if n % every == 0 or n == total:
+                    logger.info("%s: %d/%s", desc, n, total if total is not None else "?")
+                yield item
+        return logged()
+
+
+class _ByteProgress:
+    """Progress over bytes read (tqdm if installed, else a log line every ~5%)."""
+
+    def __init__(self, total, desc, enabled):
+        self.bar, self.total, self.desc, self.done, self.logged = None, max(1, total), desc, 0, 0
+        self.enabled = enabled
+        if enabled:
+            try:
+                from tqdm import tqdm
+                self.bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, dynamic_ncols=True)
+            except ImportError:
+                pass
+
+    def update(self, n):
+        if not self.enabled:
+            return
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+        elif self.done * 20 // self.total > self.logged:
+            self.logged = self.done * 20 // self.total
+            logger.info("%s: %.0f%%", self.desc, min(100.0, 100.0 * self.done / self.total))
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+# ---------------------------------------------------------------------------------------- reading documents
+def iter_documents(input_files: Sequence[str], tokenizer, as_ids: bool = False,
+                   show_progress: bool = False) -> Iterator[list]:
+    """Yields documents (lists of tokenized sentences) like the original's reader: one sentence per line, blank
+    lines end documents, lines that tokenize to nothing are dropped, empty documents are skipped. Raises
+    ValueError naming any input file with no text."""
+    for path in input_files:
+        if not os.path.isfile(path):
+            raise ValueError(f"input file {path!r} does not exist")
+        if os.path.getsize(path) == 0:
+            raise ValueError(f"input file {path!r} is empty")
+    progress = _ByteProgress(sum(os.path.getsize(p) for p in input_files), "reading", show_progress)
+    document = []
+    for path in input_files:
+        has_text = False
+        # newline="\n" + errors="ignore" mirrors tf.gfile text reading + convert_to_unicode(..., "ignore").
+        with open(path, encoding="utf-8", errors="ignore", newline="\n") as reader:
+            for line in reader:
+                progress.update(len(line))  # characters, ~bytes
+                line = line.strip()
+                if not line:  # Empty lines are document delimiters.
+                    if document:
+                        yield document
+                    document = []
+                    continue
+                has_text = True
+                tokens = tokenizer.tokenize(line)
+                if tokens:
+                    document.append(tokenizer.convert_tokens_to_ids(tokens) if as_ids else tokens)
+        if not has_text:
+            raise ValueError(f"input file {path!r} is empty (no non-blank lines)")
+    progress.close()
+    if document:
+        yield document
+
+
+# -------------------------------------------------------------------------------------- the original recipe
+def create_training_instances(input_files, tokenizer, max_seq_length, dupe_factor, short_seq_prob,
+                              masked_lm_prob, max_predictions_per_seq, rng, do_whole_word_mask=False,
+                              transform: Optional[Callable[[TrainingInstance], Any]] = None,
+                              show_progress=False) -> list:
+    """Creates the shuffled `TrainingInstance`s from raw text (`transform`, if given, is applied to each instance
+    as it is created -- e.g. to store compact encoded records -- without changing the random stream)."""
+    validate_args(max_seq_length, max_predictions_per_seq, masked_lm_prob, short_seq_prob, dupe_factor)
+    if isinstance(input_files, (str, os.PathLike)):
+        input_files = expand_input_files(input_files)
+    vocab_words = _vocab_words(tokenizer)
+    all_documents = list(iter_documents(list(input_files), tokenizer, show_progress=show_progress))
+    if not all_documents:
+        raise ValueError(f"no documents found in input files {list(input_files)}")
+    rng.shuffle(all_documents)
+
+    instances = []
+    steps = ((d, i) for d in range(dupe_factor) for i in range(len(all_documents)))
+    for _, document_index in _progress(steps, dupe_factor * len(all_documents), "documents", show_progress):
+        new = create_instances_from_document(
+            all_documents, document_index, max_seq_length, short_seq_prob, masked_lm_prob,
+            max_predictions_per_seq, vocab_words, rng, do_whole_word_mask)
+        instances.extend(map(transform, new) if transform is not None else new)
+    rng.shuffle(instances)
+    return instances
+
+
+def create_instances_from_document(all_documents, document_index, max_seq_length, short_seq_prob,
+                                   masked_lm_prob, max_predictions_per_seq, vocab_words, rng,
+                                   do_whole_word_mask=False) -> list[TrainingInstance]:
+    """Creates `TrainingInstance`s for a single document (line-for-line the original's logic and RNG calls)."""
+    document = all_documents[document_index]
+    max_num_tokens = max_seq_length - 3  # [CLS], [SEP], [SEP]
+
+    # Usually fill the whole sequence; with probability short_seq_prob use a shorter (rough) target length.
+    target_seq_length = max_num_tokens
+    if rng.random() < short_seq_prob:
+        target_seq_length = rng.randint(2, max_num_tokens)
+
+    instances = []
+    current_chunk = []
+    current_length = 0
+    i = 0
+    while i < len(document):
+        segment = document[i]
+        current_chunk.append(segment)
+        current_length += len(segment)
+        if i == len(document) - 1 or current_length >= target_seq_length:
+            if current_chunk:
+                # `a_end` is how many segments from `current_chunk` go into the `A` (first) sentence.
+                a_end = 1
+                if len(current_chunk) >= 2:
+                    a_end = rng.randint(1, len(current_chunk) - 1)
+                tokens_a = []
+                for j in range(a_end):
+                    tokens_a.extend(current_chunk[j])
+
+                tokens_b = []
+                if len(current_chunk) == 1 or rng.random() < 0.5:  # Random next.
+                    is_random_next = True
+                    target_b_length = target_seq_length - len(tokens_a)
+                    # Try to pick a different document (can fail for tiny corpora, as in the original).
+                    for _ in range(10):
+                        random_document_index = rng.randint(0, len(all_documents) - 1)
+                        if random_document_index != document_index:
+                            break
+                    random_document = all_documents[random_document_index]
+                    random_start = rng.randint(0, len(random_document) - 1)
+                    for j in range(random_start, len(random_document)):
+                        tokens_b.extend(random_document[j])
+                        if len(tokens_b) >= target_b_length:
+                            break
+                    # We didn't actually use these segments so we "put them back" so they don't go to waste.
+                    num_unused_segments = len(current_chunk) - a_end
+                    i -= num_unused_segments
+                else:  # Actual next.
+                    is_random_next = False
+                    for j in range(a_end, len(current_chunk)):
+                        tokens_b.extend(current_chunk[j])
+                truncate_seq_pair(tokens_a, tokens_b, max_num_tokens, rng)
+                assert len(tokens_a) >= 1 and len(tokens_b) >= 1
+
+                tokens = [CLS, *tokens_a, SEP, *tokens_b, SEP]
+                segment_ids = [0] * (len(tokens_a) + 2) + [1] * (len(tokens_b) + 1)
+                tokens, masked_lm_positions, masked_lm_labels = create_masked_lm_predictions(
+                    tokens, masked_lm_prob, max_predictions_per_seq, vocab_words, rng, do_whole_word_mask)
+                instances.append(TrainingInstance(tokens=tokens, segment_ids=segment_ids,
+                                                  masked_lm_positions=masked_lm_positions,
+                                                  masked_lm_labels=masked_lm_labels, is_random_next=is_random_next))
+            current_chunk = []
+            current_length = 0
+        i += 1
+    return instances
+
+
+def create_masked_lm_predictions(tokens, masked_lm_prob, max_predictions_per_seq, vocab_words, rng,
+                                 do_whole_word_mask=False):
+    """Returns (output_tokens, masked_lm_positions, masked_lm_labels), exactly as the original."""
+    cand_indexes = []
+    for i, token in enumerate(tokens):
+        if token == CLS or token == SEP:
+            continue
+        # Whole word masking: '##' continuation pieces join the previous candidate's word.
+        if do_whole_word_mask and len(cand_indexes) >= 1 and token.startswith("##"):
+            cand_indexes[-1].append(i)
+        else:
+            cand_indexes.append([i])
+    rng.shuffle(cand_indexes)
+
+    output_tokens = list(tokens)
+    num_to_predict = min(max_predictions_per_seq, max(1, int(round(len(tokens) * masked_lm_prob))))
+
+    masked_lms = []
+    covered_indexes = set()
+    for index_set in cand_indexes:
+        if len(masked_lms) >= num_to_predict:
+            break
+        # If adding a whole-word mask would exceed the maximum number of predictions, skip this candidate.
+        if len(masked_lms) + len(index_set) > num_to_predict:
+            continue
+        if any(index in covered_indexes for index in index_set):
+            continue
+        for index in index_set:
+            covered_indexes.add(index)
+            if rng.random() < 0.8:  # 80% of the time, replace with [MASK]
+                masked_token = MASK
+            elif rng.random() < 0.5:  # 10% of the time, keep original
+                masked_token = tokens[index]
+            else:  # 10% of the time, replace with a random word
+                masked_token = vocab_words[rng.randint(0, len(vocab_words) - 1)]
+            output_tokens[index] = masked_token
+            masked_lms.append(MaskedLmInstance(index=index, label=tokens[index]))
+    assert len(masked_lms) <= num_to_predict
+    masked_lms = sorted(masked_lms, key=lambda x: x.index)
+    return output_tokens, [p.index for p in masked_lms], [p.label for p in masked_lms]
+
+
+def truncate_seq_pair(tokens_a, tokens_b, max_num_tokens, rng) -> None:
+    """Truncates the longer sequence (b on ties), one token at a time, from the front or back at random."""
+    while len(tokens_a) + len(tokens_b) > max_num_tokens:
+        trunc_tokens = tokens_a if len(tokens_a) > len(tokens_b) else tokens_b
+        assert len(trunc_tokens) >= 1
+        if rng.random() < 0.5:
+            del trunc_tokens[0]
+        else:
+            trunc_tokens.pop()
+
+
+# ---------------------------------------------------------------------------------- features and encoding
+def instance_to_features(instance: TrainingInstance, tokenizer, max_seq_length: int,
+                         max_predictions_per_seq: int) -> dict[str, np.ndarray]:
+    """The original's `write_instance_to_example_files` feature computation, as padded numpy arrays."""
+    n = len(instance.tokens)
+    if n > max_seq_length:
+        raise ValueError(f"instance has {n} tokens > max_seq_length={max_seq_length}")
+    k = len(instance.masked_lm_positions)
+    if k > max_predictions_per_seq:
+        raise ValueError(f"instance has {k} predictions > max_predictions_per_seq={max_predictions_per_seq}")
+    f = {name: np.zeros(max_seq_length, np.int32) for name in ("input_ids", "token_type_ids", "attention_mask")}
+    f["input_ids"][:n] = tokenizer.convert_tokens_to_ids(instance.tokens)
+    f["token_type_ids"][:n] = instance.segment_ids
+    f["attention_mask"][:n] = 1
+    f["masked_lm_positions"] = np.zeros(max_predictions_per_seq, np.int32)
+    f["masked_lm_ids"] = np.zeros(max_predictions_per_seq, np.int32)
+    f["masked_lm_weights"] = np.zeros(max_predictions_per_seq, np.float32)
+    if k:
+        f["masked_lm_positions"][:k] = instance.masked_lm_positions
+        f["masked_lm_ids"][:k] = tokenizer.convert_tokens_to_ids(instance.masked_lm_labels)
+        f["masked_lm_weights"][:k] = 1.0
+    f["next_sentence_labels"] = np.asarray(1 if instance.is_random_next else 0, np.int32)
+    return f
+
+
+def encode_example(features: Mapping[str, Any]) -> bytes:
+    """dict of arrays -> msgpack bytes (flax.serialization.msgpack_serialize layout)."""
+    def ext(a):
+        a = np.asarray(a)  # (np.ascontiguousarray would turn 0-d into 1-d)
+        return msgpack.ExtType(_NDARRAY_EXT, msgpack.packb((list(a.shape), a.dtype.name, a.tobytes("C")),
+                                                           use_bin_type=True))
+    return msgpack.packb({str(k): ext(v) for k, v in features.items()}, use_bin_type=True)
+
+
+def _ext_hook(code, data):
+    if code != _NDARRAY_EXT:
+        return msgpack.ExtType(code, data)
+    shape, dtype_name, buffer = msgpack.unpackb(data, raw=True)
+    dtype = np.dtype(dtype_name.decode() if isinstance(dtype_name, bytes) else dtype_name)
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape).copy()
+
+
+def decode_example(record: bytes) -> dict[str, np.ndarray]:
+    """Inverse of `encode_example`."""
+    return msgpack.unpackb(record, ext_hook=_ext_hook, raw=False)
+
+
+# ---------------------------------------------------------------------------------------- ArrayRecord I/O
+def output_prefix(output: Union[str, os.PathLike]) -> str:
+    """A directory (existing, or ending in a separator) -> `DIR/pretraining`; anything else is used as a prefix."""
+    output = os.fspath(output)
+    if output.endswith(("/", os.sep)) or os.path.isdir(output):
+        return os.path.join(output, "pretraining")
+    return output
+
+
+def shard_paths(prefix: str, num_shards: int) -> list[str]:
+    return [f"{prefix}.array_record-{i:05d}-of-{num_shards:05d}" for i in range(num_shards)]
+
+
+def write_examples(examples: Sequence[Union[bytes, Mapping[str, Any]]], output: Union[str, os.PathLike],
+                   num_shards: int = 1, metadata: Optional[Mapping[str, Any]] = None,
+                   show_progress: bool = False) -> list[str]:
+    """Writes examples (feature dicts or `encode_example` bytes) to `num_shards` ArrayRecord files in contiguous
+    blocks, plus `{prefix}.features.json`. Returns the shard paths."""
+    from array_record.python.array_record_module import ArrayRecordWriter
+    validate_args(num_shards=num_shards)
+    prefix = output_prefix(output)
+    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+    paths = shard_paths(prefix, num_shards)
+    bounds = np.linspace(0, len(examples), num_shards + 1).round().astype(int)
+    first = None
+    it = iter(_progress(examples, len(examples), "writing", show_progress))
+    for path, start, stop in zip(paths, bounds[:-1], bounds[1:]):
+        writer = ArrayRecordWriter(path, "group_size:1")
+        try:
+            for example in itertools.islice(it, stop - start):
+                record = example if isinstance(example, bytes) else encode_example(example)
+                if first is None:
+                    first = decode_example(record)
+                writer.write(record)
+        finally:
+            writer.close()
+    for _ in it:  # (nothing left; lets a progress bar finish)
+        pass
+    meta = {"format": FORMAT_VERSION,
+            "encoding": "msgpack map {feature: ExtType(1, msgpack((shape, dtype_name, C-order bytes)))}; "
+                        "readable with bert_jax.data.pretraining.decode_example or flax.serialization.msgpack_restore",
+            "features": {k: {"dtype": v.dtype.name, "shape": list(v.shape)} for k, v in (first or {}).items()},
+            "num_examples": len(examples),
+            "shards": [{"path": os.path.basename(p), "num_examples": int(b - a)}
+                       for p, a, b in zip(paths, bounds[:-1], bounds[1:])],
+            **dict(metadata or {})}
+    with open(prefix + ".features.json", "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=2)
+    return paths
+
+
+def write_pretraining_data(input_files, output, tokenizer, *, max_seq_length=128, max_predictions_per_seq=20,
+                           masked_lm_prob=0.15, short_seq_prob=0.1, dupe_factor=10, do_whole_word_mask=False,
+                           random_seed=12345, num_shards=1, show_progress=False) -> list[str]:
+    """The original's `main`: creates the instances with `random.Random(random_seed)` and writes shards."""
+    validate_args(max_seq_length, max_predictions_per_seq, masked_lm_prob, short_seq_prob, dupe_factor, num_shards)
+    files = expand_input_files(input_files)
+    logger.info("Reading from %d input files: %s", len(files), files[:10])
+
+    def encode(instance):
+        return encode_example(instance_to_features(instance, tokenizer, max_seq_length, max_predictions_per_seq))
+
+    records = create_training_instances(
+        files, tokenizer, max_seq_length, dupe_factor, short_seq_prob, masked_lm_prob, max_predictions_per_seq,
+        random.Random(random_seed), do_whole_word_mask, transform=encode, show_progress=show_progress)
+    config = dict(max_seq_length=max_seq_length, max_predictions_per_seq=max_predictions_per_seq,
+                  masked_lm_prob=masked_lm_prob, short_seq_prob=short_seq_prob, dupe_factor=dupe_factor,
+                  do_whole_word_mask=do_whole_word_mask, random_seed=random_seed,
+                  input_files=[os.path.abspath(p) for p in files])
+    paths = write_examples(records, output, num_shards, {"config": config, "vocab_size": len(tokenizer.vocab)},
+                           show_progress)
+    logger.info("Wrote %d instances to %d shards: %s", len(records), len(paths), paths[:4])
+    return paths
+
+
+def _resolve_record_paths(spec) -> list[str]:
+    if not isinstance(spec, (str, os.PathLike)):
+        return [p for s in spec for p in _resolve_record_paths(s)]
+    paths = []
+    for part in (p.strip() for p in os.fspath(spec).split(",")):
+        if not part:
+            continue
+        if os.path.isdir(part):
+            found = glob.glob(os.path.join(part, "*.array_record-*"))
+        elif os.path.isfile(part):
+            found = [part]
+        else:
+            found = glob.glob(part) or glob.glob(part + ".array_record-*")
+        found = sorted(p for p in found if os.path.isfile(p) and not p.endswith(".json"))
+        if not found:
+            raise ValueError(f"no ArrayRecord files found for {part!r}")
+        paths.extend(found)
+    if not paths:
+        raise ValueError(f"no ArrayRecord files given ({spec!r})")
+    return paths
+
+
+class PretrainingDataSource:
+    """Random-access source over the shards (grain/tfds data-source protocol): `len(ds)`, `ds[i]` -> dict of
+    numpy arrays, `ds.__getitems__(keys)`. Accepts a directory, a prefix, a glob, comma-separated paths, or a
+    list. `metadata` is the parsed `features.json` (or None)."""
+
+    def __init__(self, paths_or_glob):
+        from array_record.python.array_record_data_source import ArrayRecordDataSource
+        self.paths = _resolve_record_paths(paths_or_glob)
+        self._source = ArrayRecordDataSource(self.paths)
+        meta_path = self.paths[0].rsplit(".array_record-", 1)[0] + ".features.json"
+        self.metadata = None
+        if os.path.isfile(meta_path):
+            with open(meta_path, encoding="utf-8") as f:
+                self.metadata = json.load(f)
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def _key(self, i) -> int:
+        i = i.__index__()
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"index {i} out of range for {n} examples")
+        return i
+
+    def __getitem__(self, i) -> dict[str, np.ndarray]:
+        return decode_example(self._source[self._key(i)])
+
+    def __getitems__(self, keys) -> list[dict[str, np.ndarray]]:
+        return [decode_example(r) for r in self._source.__getitems__([self._key(k) for k in keys])]
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+    def __repr__(self) -> str:
+        return f"PretrainingDataSource(num_examples={len(self)}, num_files={len(self.paths)})"
+
+
+# ------------------------------------------------------------------------------------- dynamic (on the fly)
+class DynamicMasker:
+    """RoBERTa-style dynamic masking of already tokenized features, deterministic per (seed, epoch, index).
+
+    Same rule as the static recipe: candidates are attended, non-special positions (grouped into words when
+    `whole_word_mask`, a word being a position followed by adjacent `continuation_token_ids`, i.e. '##' pieces);
+    `num_to_predict = min(max_predictions_per_seq, max(1, round(num_attended_tokens * masked_lm_prob)))`; words
+    are taken in random order, skipping any that would overshoot; each chosen position becomes [MASK] 80%, stays
+    10%, a uniformly random id in [0, vocab_size) 10%. The generator is `np.random.default_rng([seed, epoch,
+    index])`, so the result does not depend on the order examples are processed in.
+    """
+
+    def __init__(self, vocab_size: int, mask_token_id: int, special_token_ids: Iterable[int],
+                 masked_lm_prob: float = 0.15, max_predictions_per_seq: int = 20, whole_word_mask: bool = False,
+                 seed: int = 0, continuation_token_ids: Optional[Iterable[int]] = None):
+        validate_args(max_predictions_per_seq=max_predictions_per_seq, masked_lm_prob=masked_lm_prob)
+        if int(vocab_size) < 1:
+            raise ValueError(f"vocab_size must be >= 1, got {vocab_size!r}")
+        if not 0 <= int(mask_token_id) < int(vocab_size):
+            raise ValueError(f"mask_token_id {mask_token_id!r} is outside [0, vocab_size={vocab_size})")
+        if int(seed) < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        if whole_word_mask and continuation_token_ids is None:
+            raise ValueError("whole_word_mask=True needs continuation_token_ids (the ids of '##' pieces); "
+                             "use DynamicMasker.from_tokenizer")
+        self.vocab_size, self.mask_token_id = int(vocab_size), int(mask_token_id)
+        self.special_token_ids = np.asarray(sorted({int(t) for t in special_token_ids}), np.int64)
+        self.masked_lm_prob, self.max_predictions_per_seq = float(masked_lm_prob), int(max_predictions_per_seq)
+        self.whole_word_mask, self.seed = bool(whole_word_mask), int(seed)
+        self.continuation_token_ids = np.asarray(sorted(continuation_token_ids or ()), np.int64)
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer, **kwargs) -> "DynamicMasker":
+        """Builds from `tokenizer.vocab`: specials [PAD]/[CLS]/[SEP]/[MASK], continuations = '##' tokens."""
+        vocab = tokenizer.vocab
+        _vocab_words(tokenizer)  # checks the special tokens exist
+        kwargs.setdefault("continuation_token_ids", [i for t, i in vocab.items() if t.startswith("##")])
+        return cls(vocab_size=max(vocab.values()) + 1, mask_token_id=vocab[MASK],
+                   special_token_ids=[vocab[t] for t in (PAD, CLS, SEP, MASK) if t in vocab], **kwargs)
+
+    def __call__(self, features: Mapping[str, Any], index: int, epoch: int = 0) -> dict[str, np.ndarray]:
+        ids = np.asarray(features["input_ids"])
+        if ids.ndim != 1:
+            raise ValueError(f"input_ids must be 1-D (one example), got shape {ids.shape}")
+        attention = np.asarray(features.get("attention_mask", np.ones_like(ids)))
+        candidates = np.flatnonzero((attention != 0) & ~np.isin(ids, self.special_token_ids))
+        num_to_predict = min(self.max_predictions_per_seq,
+                             max(1, int(round(int(np.count_nonzero(attention)) * self.masked_lm_prob))))
+        rng = np.random.default_rng([self.seed, int(epoch), int(index)])
+        if self.whole_word_mask and len(candidates):
+            joins = np.isin(ids[candidates], self.continuation_token_ids) & (np.diff(candidates, prepend=-2) == 1)
+            groups = np.split(candidates, np.flatnonzero(~joins)[1:])
+            chosen, count = [], 0
+            for g in rng.permutation(len(groups)):
+                if count >= num_to_predict:
+                    break
+                if count + len(groups[g]) <= num_to_predict:
+                    chosen.append(groups[g])
+                    count += len(groups[g])
+            positions = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+        else:
+            positions = np.sort(rng.permutation(candidates)[:num_to_predict])
+        k = len(positions)
+        labels = ids[positions]
+        keep_or_mask, keep_or_random = rng.random(k), rng.random(k)
+        random_ids = rng.integers(0, self.vocab_size, k)
+        replaced = np.where(keep_or_mask < 0.8, self.mask_token_id,
+                            np.where(keep_or_random < 0.5, labels, random_ids))
+        out = dict(features)
+        out["input_ids"] = ids.copy()
+        out["input_ids"][positions] = replaced
+        P = self.max_predictions_per_seq
+        out["masked_lm_positions"] = np.zeros(P, np.int32)
+        out["masked_lm_ids"] = np.zeros(P, np.int32)
+        out["masked_lm_weights"] = np.zeros(P, np.float32)
+        out["masked_lm_positions"][:k] = positions
+        out["masked_lm_ids"][:k] = labels
+        out["masked_lm_weights"][:k] = 1.0
+        return out
+
+    def map_with_index(self, index: int, element: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """grain `MapWithIndex` protocol."""
+        return self(element, index)
+
+
+def mlm_only_full_sentences(documents: Iterable[Sequence[Sequence[int]]], max_seq_length: int,
+                            cls_token_id: int, sep_token_id: int, pad_token_id: int = 0
+                            ) -> Iterator[dict[str, np.ndarray]]:
+    """RoBERTa FULL-SENTENCES packing (MLM only, no NSP): contiguous whole sentences (lists of token ids) packed
+    into `[CLS] ... [SEP]` of at most `max_seq_length`, crossing document boundaries with an extra [SEP] between
+    documents. A sentence longer than `max_seq_length - 2` is split into pieces so no token is dropped. Yields
+    padded `input_ids`, `token_type_ids` (zeros), `attention_mask` (int32)."""
+    if isinstance(max_seq_length, bool) or not isinstance(max_seq_length, (int, np.integer)) or max_seq_length < 3:
+        raise ValueError(f"max_seq_length must be an integer >= 3, got {max_seq_length!r}")
+    budget = max_seq_length - 2
+
+    def emit(content):
+        n = len(content) + 2
+        ids = np.full(max_seq_length, pad_token_id, np.int32)
+        ids[:n] = [cls_token_id, *content, sep_token_id]
+        mask = np.zeros(max_seq_length, np.int32)
+        mask[:n] = 1
+        return {"input_ids": ids, "token_type_ids": np.zeros(max_seq_length, np.int32), "attention_mask": mask}
+
+    current: list = []
+    for document in documents:
+        new_document = True
+        for sentence in document:
+            sentence = list(sentence)
+            for start in range(0, len(sentence), budget):
+                piece = sentence[start:start + budget]
+                separator = 1 if (new_document and current) else 0
+                if current and len(current) + separator + len(piece) > budget:
+                    yield emit(current)
+                    current, separator = [], 0
+                if separator:
+                    current.append(sep_token_id)
+                current.extend(piece)
+                new_document = False
+    if current:
+        yield emit(current)
