@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Dict, Mapping, Optional, Tuple, Type, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Type, Union
 
 import flax.linen as nn
 import jax
@@ -54,12 +54,12 @@ def _kernel_in_axes(path: Tuple[str, ...]) -> int:
 
 def torch_to_flax(path: Tuple[str, ...], tensor: np.ndarray, shape: Tuple[int, ...]) -> np.ndarray:
     """Converts one PyTorch tensor to the layout of the flax leaf at `path` with `shape`."""
+    expected = _torch_shape(path, shape)  # compared in PyTorch layout: a same-size tensor of another shape is wrong too
+    if tuple(tensor.shape) != expected:
+        raise ValueError(f"shape mismatch for {torch_key(path)}: checkpoint has {tuple(tensor.shape)}, the model "
+                         f"expects {expected} (flax {shape})")
     if path[-1] == "kernel":
         tensor = tensor.T
-    if int(np.prod(tensor.shape)) != int(np.prod(shape)) or (tensor.ndim == len(shape) and tensor.shape != shape):
-        raise ValueError(f"shape mismatch for {torch_key(path)}: checkpoint has "
-                         f"{tuple(tensor.shape if path[-1] != 'kernel' else tensor.T.shape)}, the model expects "
-                         f"{_torch_shape(path, shape)} (flax {shape})")
     return tensor.reshape(shape)
 
 
@@ -74,6 +74,58 @@ def flax_to_torch(path: Tuple[str, ...], value: np.ndarray) -> np.ndarray:
 
 def _torch_shape(path, shape) -> Tuple[int, ...]:
     return tuple(flax_to_torch(path, np.zeros(shape, np.int8)).shape)
+
+
+# ------------------------------------------------------------------------------------------------
+# Scanned (stacked) <-> per-layer layouts
+def _layer_axis(path: Tuple[str, ...]) -> Optional[int]:
+    """Index of `layer` in an encoder path, or None for params outside the layer stack."""
+    for i in range(1, len(path) - 1):
+        if path[i] == "layer" and path[i - 1] == "encoder":
+            return i
+    return None
+
+
+def unstack_layers(flat: Mapping[Tuple[str, ...], Any], num_layers: int) -> Dict[Tuple[str, ...], Any]:
+    """Scanned layout (`encoder/layer/...` leaves with a leading [layers] axis) -> `encoder/layer/<i>/...`.
+    Leaves may be arrays or `jax.ShapeDtypeStruct`s."""
+    out = {}
+    for path, value in flat.items():
+        i = _layer_axis(path)
+        if i is None or path[i + 1].isdigit():
+            out[path] = value
+            continue
+        if value.shape[0] != num_layers:
+            raise ValueError(f"{'/'.join(path)} has leading axis {value.shape[0]}, expected num_hidden_layers="
+                             f"{num_layers}")
+        for layer in range(num_layers):
+            out[path[:i + 1] + (str(layer),) + path[i + 1:]] = (
+                jax.ShapeDtypeStruct(value.shape[1:], value.dtype) if isinstance(value, jax.ShapeDtypeStruct)
+                else value[layer])
+    return out
+
+
+def stack_layers(flat: Mapping[Tuple[str, ...], Any], num_layers: int) -> Dict[Tuple[str, ...], Any]:
+    """`encoder/layer/<i>/...` -> scanned layout with a leading [layers] axis."""
+    out, groups = {}, {}
+    for path, value in flat.items():
+        i = _layer_axis(path)
+        if i is None or not path[i + 1].isdigit():
+            out[path] = value
+            continue
+        groups.setdefault(path[:i + 1] + path[i + 2:], {})[int(path[i + 1])] = value
+    for path, layers in groups.items():
+        if sorted(layers) != list(range(num_layers)):
+            raise ValueError(f"{'/'.join(path)}: found layers {sorted(layers)}, expected 0..{num_layers - 1}")
+        out[path] = np.stack([np.asarray(layers[k]) for k in range(num_layers)])
+    return out
+
+
+def convert_layer_layout(params, num_layers: int, scan_layers: bool):
+    """Converts a params tree between the unrolled and the scanned (`scan_layers=True`) layouts."""
+    flat = traverse_util.flatten_dict(nn.meta.unbox(params))
+    flat = stack_layers(flat, num_layers) if scan_layers else unstack_layers(flat, num_layers)
+    return traverse_util.unflatten_dict({k: jax.numpy.asarray(v) for k, v in flat.items()})
 
 
 # ------------------------------------------------------------------------------------------------
@@ -153,11 +205,22 @@ def load_hf_checkpoint(path: Union[str, os.PathLike], model_class: ModelClass = 
     dtype='bfloat16').
     """
     ckpt_dir = os.fspath(path)
-    config = BertConfig.from_hf(ckpt_dir, **config_overrides)
+    config = BertConfig.from_hf(ckpt_dir)
+    if config_overrides:  # replace() re-derives id2label/label2id when num_labels changes (from_hf would raise)
+        if config_overrides.get("num_labels") == config.num_labels and "id2label" not in config_overrides:
+            config_overrides = {k: v for k, v in config_overrides.items() if k != "num_labels"}  # keep label names
+        config = config.replace(**config_overrides)
     model = build_model(model_class, config)
     state = _normalise_keys(read_state_dict(ckpt_dir), wants_prefix=not isinstance(model, BertModel))
+    if not config.tie_word_embeddings and _TIED_KEYS[1] in state:
+        # Untied, transformers 5 unties the decoder bias too and uses decoder.bias (cls.predictions.bias is then
+        # unused); transformers 4 keeps them tied and saves only cls.predictions.bias.
+        state["cls.predictions.bias"] = state.pop(_TIED_KEYS[1])
+    layers = config.num_hidden_layers
     shapes = traverse_util.flatten_dict(nn.meta.unbox(
         jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), **dummy_inputs(model))["params"])))
+    if config.scan_layers:  # map names per layer, stack at the end
+        shapes = unstack_layers(shapes, layers)
     param_dtype = np.dtype(config.param_dtype) if config.param_dtype != "bfloat16" else jax.numpy.bfloat16
 
     flat, missing = {}, []
@@ -169,6 +232,8 @@ def load_hf_checkpoint(path: Union[str, os.PathLike], model_class: ModelClass = 
         flat[path] = torch_to_flax(path, np.asarray(state.pop(key)), tuple(leaf.shape)).astype(param_dtype)
     if missing:
         fresh = traverse_util.flatten_dict(init_params(model, rng))
+        if config.scan_layers:
+            fresh = unstack_layers(fresh, layers)
         for path in missing:
             flat[path] = np.asarray(fresh[path])
         logger.warning("%s: initialised %d parameter(s) missing from the checkpoint at %s: %s",
@@ -177,24 +242,29 @@ def load_hf_checkpoint(path: Union[str, os.PathLike], model_class: ModelClass = 
     unexpected = [k for k in state if not k.endswith(_IGNORED_SUFFIXES) and k not in tied]
     if unexpected:
         logger.warning("%s: checkpoint tensors not used by the model: %s", type(model).__name__, sorted(unexpected))
+    if config.scan_layers:
+        flat = stack_layers(flat, layers)
     params = jax.tree.map(jax.numpy.asarray, traverse_util.unflatten_dict(flat))
     return config, params
 
 
 def to_torch_state_dict(params, model: nn.Module) -> Dict[str, np.ndarray]:
-    """Flax params -> PyTorch-layout numpy arrays keyed as transformers names them."""
-    flat = traverse_util.flatten_dict(nn.meta.unbox(params))
+    """Flax params (either layer layout) -> PyTorch-layout numpy arrays keyed as transformers names them."""
+    flat = unstack_layers(traverse_util.flatten_dict(nn.meta.unbox(params)), model.config.num_hidden_layers)
     return {torch_key(path): flax_to_torch(path, np.asarray(jax.device_get(v))) for path, v in flat.items()}
 
 
 def save_hf_checkpoint(path: Union[str, os.PathLike], config: BertConfig, params, model_class: ModelClass = BertModel
                        ) -> None:
     """Writes `config.json` + `model.safetensors` that `transformers.<class>.from_pretrained` loads
-    with no missing or unexpected keys (tied decoder weights are left out, as transformers does)."""
+    with no missing or unexpected keys (tied decoder weights are left out, as transformers does; with
+    tie_word_embeddings=False the bias is written as both cls.predictions.bias and decoder.bias)."""
     from safetensors.numpy import save_file
     model = build_model(model_class, config)
     hf_name = next(name for name, cls in MODEL_CLASSES.items() if isinstance(model, cls) and type(model) is cls)
     os.makedirs(path, exist_ok=True)
     config.to_json_file(os.path.join(path, "config.json"), architectures=[hf_name])
     state = to_torch_state_dict(params, model)
+    if not config.tie_word_embeddings and "cls.predictions.bias" in state:
+        state[_TIED_KEYS[1]] = state["cls.predictions.bias"].copy()  # untied, transformers 5 reads decoder.bias
     save_file(state, os.path.join(path, SAFE_WEIGHTS), metadata={"format": "pt"})

@@ -159,26 +159,37 @@ class BertOutput(nn.Module):
 
 
 class BertLayer(nn.Module):
+    """One post-LN transformer block. Call-time switches are attributes so the layer can be
+    scanned (`nn.scan`) and rematerialised (`nn.remat`) without static arguments; the call has
+    the scan shape `(carry, per-layer input, *broadcast) -> (carry, per-layer output)`."""
+
     config: BertConfig
+    deterministic: bool = True
+    output_attentions: bool = False
+    output_hidden_states: bool = False
+    init_cache: bool = False
 
     @nn.compact
-    def __call__(self, hidden: Array, mask: Optional[Array], head_mask: Optional[Array],
-                 encoder_hidden_states: Optional[Array], encoder_mask: Optional[Array],
-                 deterministic: bool = True, output_attentions: bool = False, init_cache: bool = False):
-        """hidden [B, L, H] -> ([B, L, H], self-attention probs, cross-attention probs)."""
+    def __call__(self, hidden: Array, head_mask: Optional[Array], mask: Optional[Array],
+                 encoder_hidden_states: Optional[Array], encoder_mask: Optional[Array]):
+        """hidden [B, L, H]; head_mask [N] or None -> (hidden [B, L, H], (hidden or None, self probs
+        [B, N, L, K] or None, cross probs [B, N, L, S] or None))."""
         cfg = self.config
         x, self_probs = BertAttention(cfg, causal=cfg.is_decoder, name="attention")(
-            hidden, None, mask, head_mask, deterministic, output_attentions, init_cache)
+            hidden, None, mask, head_mask, self.deterministic, self.output_attentions, self.init_cache)
         cross_probs = None
         if cfg.add_cross_attention and encoder_hidden_states is not None:
             x, cross_probs = BertAttention(cfg, is_cross=True, name="crossattention")(
-                x, encoder_hidden_states, encoder_mask, head_mask, deterministic, output_attentions)
-        out = BertOutput(cfg, name="output")(BertIntermediate(cfg, name="intermediate")(x), x, deterministic)
-        return nn.with_logical_constraint(out, ("batch", "length", "embed")), self_probs, cross_probs
+                x, encoder_hidden_states, encoder_mask, head_mask, self.deterministic, self.output_attentions)
+        out = BertOutput(cfg, name="output")(BertIntermediate(cfg, name="intermediate")(x), x, self.deterministic)
+        out = nn.with_logical_constraint(out, ("batch", "length", "embed"))
+        return out, (out if self.output_hidden_states else None, self_probs, cross_probs)
 
 
 class BertEncoder(nn.Module):
-    """A stack of `num_hidden_layers` BertLayers, params under `layer/<i>` (transformers' naming)."""
+    """`num_hidden_layers` BertLayers: unrolled with params at `layer/<i>` (transformers' naming),
+    or with `scan_layers` one scanned layer whose params at `layer` carry a leading `layers` axis
+    (one compile of the layer body whatever the depth)."""
 
     config: BertConfig
 
@@ -188,40 +199,45 @@ class BertEncoder(nn.Module):
                  deterministic: bool = True, output_attentions: bool = False, output_hidden_states: bool = False,
                  init_cache: bool = False):
         """Returns (last hidden [B, L, H], all hidden states or None, self probs or None, cross probs or None)."""
-        return BertLayerStack(self.config, name="layer")(
-            hidden, mask, head_mask, encoder_hidden_states, encoder_mask, deterministic, output_attentions,
-            output_hidden_states, init_cache)
+        cfg = self.config
+        layer_cls = BertLayer
+        if cfg.remat_policy != "none":
+            layer_cls = nn.remat(BertLayer, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
+        flags = dict(deterministic=deterministic, output_attentions=output_attentions,
+                     output_hidden_states=output_hidden_states, init_cache=init_cache)
+        if cfg.scan_layers:
+            scanned = nn.scan(layer_cls, variable_axes={"params": 0, "cache": 0},
+                              split_rngs={"params": True, "dropout": True},
+                              in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_hidden_layers,
+                              metadata_params={nn.PARTITION_NAME: "layers"})
+            last, (hiddens, self_probs, cross_probs) = scanned(cfg, **flags, name="layer")(
+                hidden, head_mask, mask, encoder_hidden_states, encoder_mask)
+            unstack = lambda x: None if x is None else tuple(x[i] for i in range(cfg.num_hidden_layers))
+            hiddens, self_probs, cross_probs = unstack(hiddens), unstack(self_probs), unstack(cross_probs)
+        else:
+            last, outs = BertLayerStack(cfg, layer_cls, flags, name="layer")(
+                hidden, head_mask, mask, encoder_hidden_states, encoder_mask)
+            hiddens, self_probs, cross_probs = (tuple(x) if x[0] is not None else None for x in zip(*outs))
+        all_hidden = (hidden,) + hiddens if output_hidden_states else None
+        return last, all_hidden, self_probs if output_attentions else None, cross_probs if output_attentions else None
 
 
 class BertLayerStack(nn.Module):
-    """Runs the layers in order; a module of its own so params sit at `encoder/layer/<i>`."""
+    """Unrolled layers, a module of its own so params sit at `encoder/layer/<i>`."""
 
     config: BertConfig
+    layer_cls: type
+    flags: dict
 
     @nn.compact
-    def __call__(self, hidden, mask, head_mask, encoder_hidden_states, encoder_mask, deterministic,
-                 output_attentions, output_hidden_states, init_cache):
-        cfg = self.config
-        if cfg.scan_layers:
-            raise NotImplementedError("scan_layers=True is not implemented yet; use scan_layers=False")
-        layer_cls = BertLayer
-        if cfg.remat_policy != "none":
-            # self is argument 0: deterministic, output_attentions, init_cache are static.
-            layer_cls = nn.remat(BertLayer, policy=REMAT_POLICIES[cfg.remat_policy], static_argnums=(6, 7, 8))
-        all_hidden = [hidden]
-        all_self, all_cross = [], []
-        for i in range(cfg.num_hidden_layers):
+    def __call__(self, hidden, head_mask, mask, encoder_hidden_states, encoder_mask):
+        outs = []
+        for i in range(self.config.num_hidden_layers):
             layer_head_mask = None if head_mask is None else head_mask[i]
-            hidden, self_probs, cross_probs = layer_cls(cfg, name=str(i))(
-                hidden, mask, layer_head_mask, encoder_hidden_states, encoder_mask,
-                deterministic, output_attentions, init_cache)
-            all_hidden.append(hidden)
-            all_self.append(self_probs)
-            all_cross.append(cross_probs)
-        return (hidden,
-                tuple(all_hidden) if output_hidden_states else None,
-                tuple(all_self) if output_attentions else None,
-                tuple(all_cross) if output_attentions and all_cross[0] is not None else None)
+            hidden, out = self.layer_cls(self.config, **self.flags, name=str(i))(
+                hidden, layer_head_mask, mask, encoder_hidden_states, encoder_mask)
+            outs.append(out)
+        return hidden, outs
 
 
 class BertPooler(nn.Module):

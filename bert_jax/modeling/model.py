@@ -106,8 +106,12 @@ def _self_attention_mask(attention_mask: Optional[Array], seq: int, causal: bool
 
 
 def _cache_length(cache) -> int:
-    """Length of the KV cache, read off layer 0's cached keys [B, T, N, D]."""
+    """Length of the KV cache, read off the cached keys: [B, T, N, D] per layer, or [layers, B, T, N, D]
+    when scanned."""
     try:
-        return cache["encoder"]["layer"]["0"]["attention"]["self"]["cached_key"].shape[1]
+        layers = cache["encoder"]["layer"]
+        if "0" in layers:
+            return layers["0"]["attention"]["self"]["cached_key"].shape[1]
+        return layers["attention"]["self"]["cached_key"].shape[2]
     except (KeyError, TypeError) as e:
         raise ValueError("decoding needs a cache made by bert_jax.init_cache") from e
