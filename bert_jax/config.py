@@ -142,10 +142,14 @@ class BertConfig:
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
             raise ValueError(f"BertConfig has no field(s) {sorted(unknown)}")
-        if "id2label" in changes and "label2id" not in changes:
-            changes["label2id"] = None
         if "num_labels" in changes and "id2label" not in changes:
-            changes.update(id2label=None, label2id=None)
+            if changes["num_labels"] == self.num_labels:
+                del changes["num_labels"]  # same count: keep the label names
+            else:
+                changes.update(id2label=None, label2id=None)
+        if changes.get("id2label") is not None:
+            changes.setdefault("num_labels", len(changes["id2label"]))
+            changes.setdefault("label2id", None)
         return dataclasses.replace(self, **changes)
 
     @classmethod
@@ -184,8 +188,9 @@ class BertConfig:
         for name in ("layer_norm_eps", "pad_token_id", "position_embedding_type", "use_cache", "tie_word_embeddings"):
             if name in kwargs and kwargs[name] is None and name != "pad_token_id":
                 del kwargs[name]
-        kwargs.update(overrides)
-        return cls(**kwargs)
+        config = cls(**kwargs)
+        # replace() re-derives the label maps when num_labels/id2label change.
+        return config.replace(**overrides) if overrides else config
 
     def to_hf(self, architectures: Optional[list] = None) -> dict:
         """Returns an HF `config.json` dict (JAX-side fields left out)."""

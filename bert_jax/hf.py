@@ -205,11 +205,7 @@ def load_hf_checkpoint(path: Union[str, os.PathLike], model_class: ModelClass = 
     dtype='bfloat16').
     """
     ckpt_dir = os.fspath(path)
-    config = BertConfig.from_hf(ckpt_dir)
-    if config_overrides:  # replace() re-derives id2label/label2id when num_labels changes (from_hf would raise)
-        if config_overrides.get("num_labels") == config.num_labels and "id2label" not in config_overrides:
-            config_overrides = {k: v for k, v in config_overrides.items() if k != "num_labels"}  # keep label names
-        config = config.replace(**config_overrides)
+    config = BertConfig.from_hf(ckpt_dir, **config_overrides)
     model = build_model(model_class, config)
     state = _normalise_keys(read_state_dict(ckpt_dir), wants_prefix=not isinstance(model, BertModel))
     if not config.tie_word_embeddings and _TIED_KEYS[1] in state:
