@@ -31,15 +31,38 @@ def zeros_init(axes: Tuple) -> Callable:
     return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
 
 
+class DenseGeneral(nn.Module):
+    """Dense layer contracting the trailing `num_in_axes` axes of x with a kernel [*in, *features].
+
+    Unlike `nn.DenseGeneral` (which creates multi-axis kernels flat and reshapes them), the kernel
+    and bias are created in their final shape, so their logical axis names apply as they are under
+    a mesh with sharding rules."""
+
+    features: Tuple[int, ...]
+    kernel_axes: Tuple
+    config: BertConfig
+    num_in_axes: int = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cfg = self.config
+        dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        n_in, features = self.num_in_axes, tuple(self.features)
+        kernel = self.param("kernel", weight_init(cfg, self.kernel_axes), tuple(x.shape[-n_in:]) + features,
+                            param_dtype)
+        bias = self.param("bias", zeros_init(self.kernel_axes[n_in:]), features, param_dtype)
+        contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
+        y = jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype), (contract, ((), ())))
+        return y + bias.astype(dtype)
+
+
 def dense(config: BertConfig, features: Union[int, Sequence[int]], kernel_axes: Tuple, name: str,
-          axis: Union[int, Tuple[int, ...]] = -1) -> nn.DenseGeneral:
-    """A Dense layer whose kernel is [*in, *out] with logical axis names `kernel_axes`."""
+          axis: Union[int, Tuple[int, ...]] = -1) -> DenseGeneral:
+    """A Dense layer over the trailing axes (`axis` -1 or (-2, -1)) whose kernel is [*in, *out] with
+    logical axis names `kernel_axes`."""
     features = (features,) if isinstance(features, int) else tuple(features)
-    return nn.DenseGeneral(
-        features=features if len(features) > 1 else features[0], axis=axis,
-        dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype),
-        kernel_init=weight_init(config, kernel_axes), bias_init=zeros_init(kernel_axes[-len(features):]),
-        name=name)
+    num_in_axes = 1 if isinstance(axis, int) else len(axis)
+    return DenseGeneral(features, tuple(kernel_axes), config, num_in_axes, name=name)
 
 
 def layer_norm(config: BertConfig, name: str = "LayerNorm") -> nn.LayerNorm:

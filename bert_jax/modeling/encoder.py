@@ -241,11 +241,16 @@ class BertLayerStack(nn.Module):
 
 
 class BertPooler(nn.Module):
-    """tanh(dense(h[:, 0])): [B, L, H] -> [B, H]."""
+    """tanh(dense(h[:, 0])): [B, L, H] -> [B, H]; with `cls_positions` [B, S] (packed rows) the
+    first token of each packed sequence: -> [B, S, H]."""
 
     config: BertConfig
 
     @nn.compact
-    def __call__(self, hidden: Array) -> Array:
+    def __call__(self, hidden: Array, cls_positions: Optional[Array] = None) -> Array:
         cfg = self.config
-        return jnp.tanh(dense(cfg, cfg.hidden_size, ("embed", None), "dense")(hidden[:, 0]))
+        if cls_positions is None:
+            first = hidden[:, 0]
+        else:
+            first = jnp.take_along_axis(hidden, cls_positions[..., None].astype(jnp.int32), axis=1)
+        return jnp.tanh(dense(cfg, cfg.hidden_size, ("embed", None), "dense")(first))

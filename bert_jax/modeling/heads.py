@@ -125,14 +125,20 @@ def _encode(model, input_ids, attention_mask, token_type_ids, position_ids, head
 
 class BertForPreTraining(_BertTaskModel):
     """MLM + NSP. With `masked_positions` [B, P] only those positions are projected onto the
-    vocabulary (`prediction_logits` [B, P, V]); labels are then [B, P] (masked_lm_ids)."""
+    vocabulary (`prediction_logits` [B, P, V]); labels are then [B, P] (masked_lm_ids).
+
+    Packed rows: `sequence_ids` [B, L] and `cls_positions` [B, S] give one NSP prediction per packed
+    sequence (`seq_relationship_logits` [B, S, 2], `next_sentence_label` [B, S] with -100 for
+    empty slots); the same pair makes the classification heads per-sequence."""
 
     @nn.compact
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                  head_mask=None, inputs_embeds=None, masked_positions=None, labels=None, next_sentence_label=None,
-                 masked_lm_weights=None, *, deterministic=True, output_attentions=False, output_hidden_states=False):
+                 masked_lm_weights=None, sequence_ids=None, cls_positions=None, *, deterministic=True,
+                 output_attentions=False, output_hidden_states=False):
         bert, out = self.encode(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                                deterministic, output_attentions, output_hidden_states)
+                                deterministic, output_attentions, output_hidden_states,
+                                sequence_ids=sequence_ids, cls_positions=cls_positions)
         hidden = _gather_positions(out.last_hidden_state, masked_positions)
         logits, nsp_logits = BertPreTrainingHeads(self.config, name="cls")(hidden, out.pooler_output,
                                                                           _word_embeddings(bert))
@@ -150,10 +156,11 @@ class BertForMaskedLM(_BertTaskModel):
 
     @nn.compact
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                 head_mask=None, inputs_embeds=None, masked_positions=None, labels=None, masked_lm_weights=None, *,
-                 deterministic=True, output_attentions=False, output_hidden_states=False):
+                 head_mask=None, inputs_embeds=None, masked_positions=None, labels=None, masked_lm_weights=None,
+                 sequence_ids=None, *, deterministic=True, output_attentions=False, output_hidden_states=False):
         bert, out = self.encode(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                                deterministic, output_attentions, output_hidden_states)
+                                deterministic, output_attentions, output_hidden_states,
+                                sequence_ids=sequence_ids)
         hidden = _gather_positions(out.last_hidden_state, masked_positions)
         logits = BertOnlyMLMHead(self.config, name="cls")(hidden, _word_embeddings(bert))
         loss = None if labels is None else losses.masked_lm_loss(logits, labels, masked_lm_weights)
@@ -187,10 +194,11 @@ class BertForNextSentencePrediction(_BertTaskModel):
 
     @nn.compact
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                 head_mask=None, inputs_embeds=None, labels=None, *, deterministic=True, output_attentions=False,
-                 output_hidden_states=False):
+                 head_mask=None, inputs_embeds=None, labels=None, sequence_ids=None, cls_positions=None, *,
+                 deterministic=True, output_attentions=False, output_hidden_states=False):
         _, out = self.encode(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                             deterministic, output_attentions, output_hidden_states)
+                             deterministic, output_attentions, output_hidden_states,
+                                sequence_ids=sequence_ids, cls_positions=cls_positions)
         logits = BertOnlyNSPHead(self.config, name="cls")(out.pooler_output)
         loss = None if labels is None else losses.next_sentence_loss(logits, labels)
         return NextSentencePredictorOutput(loss=loss, logits=logits, hidden_states=out.hidden_states,
@@ -202,11 +210,12 @@ class BertForSequenceClassification(_BertTaskModel):
 
     @nn.compact
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                 head_mask=None, inputs_embeds=None, labels=None, *, deterministic=True, output_attentions=False,
-                 output_hidden_states=False):
+                 head_mask=None, inputs_embeds=None, labels=None, sequence_ids=None, cls_positions=None, *,
+                 deterministic=True, output_attentions=False, output_hidden_states=False):
         cfg = self.config
         _, out = self.encode(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                             deterministic, output_attentions, output_hidden_states)
+                             deterministic, output_attentions, output_hidden_states,
+                                sequence_ids=sequence_ids, cls_positions=cls_positions)
         pooled = _classifier_dropout(cfg)(out.pooler_output, deterministic=deterministic)
         logits = _classifier(cfg, cfg.num_labels)(pooled)
         loss = None if labels is None else losses.sequence_classification_loss(logits, labels, cfg.problem_type)
@@ -246,11 +255,12 @@ class BertForTokenClassification(_BertTaskModel):
 
     @nn.compact
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                 head_mask=None, inputs_embeds=None, labels=None, *, deterministic=True, output_attentions=False,
-                 output_hidden_states=False):
+                 head_mask=None, inputs_embeds=None, labels=None, sequence_ids=None, *,
+                 deterministic=True, output_attentions=False, output_hidden_states=False):
         cfg = self.config
         _, out = self.encode(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                             deterministic, output_attentions, output_hidden_states)
+                             deterministic, output_attentions, output_hidden_states,
+                                sequence_ids=sequence_ids)
         hidden = _classifier_dropout(cfg)(out.last_hidden_state, deterministic=deterministic)
         logits = _classifier(cfg, cfg.num_labels)(hidden)
         loss = None if labels is None else losses.token_classification_loss(logits, labels)
@@ -265,10 +275,11 @@ class BertForQuestionAnswering(_BertTaskModel):
 
     @nn.compact
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                 head_mask=None, inputs_embeds=None, start_positions=None, end_positions=None, *,
-                 deterministic=True, output_attentions=False, output_hidden_states=False):
+                 head_mask=None, inputs_embeds=None, start_positions=None, end_positions=None,
+                 sequence_ids=None, *, deterministic=True, output_attentions=False, output_hidden_states=False):
         _, out = self.encode(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                             deterministic, output_attentions, output_hidden_states)
+                             deterministic, output_attentions, output_hidden_states,
+                                sequence_ids=sequence_ids)
         logits = _classifier(self.config, 2, "qa_outputs")(out.last_hidden_state)
         start_logits, end_logits = logits[..., 0], logits[..., 1]
         loss = None

@@ -30,6 +30,7 @@ class BertModel(nn.Module):
                  token_type_ids: Optional[Array] = None, position_ids: Optional[Array] = None,
                  head_mask: Optional[Array] = None, inputs_embeds: Optional[Array] = None,
                  encoder_hidden_states: Optional[Array] = None, encoder_attention_mask: Optional[Array] = None,
+                 sequence_ids: Optional[Array] = None, cls_positions: Optional[Array] = None,
                  *, deterministic: bool = True, output_attentions: bool = False, output_hidden_states: bool = False,
                  init_cache: bool = False) -> BertModelOutput:
         """
@@ -42,8 +43,13 @@ class BertModel(nn.Module):
             by the cache index while decoding).
           head_mask: [N] or [num_layers, N]; 0 switches a head off (multiplies its probabilities).
           encoder_hidden_states / encoder_attention_mask: [B, S, H] / [B, S] for cross-attention.
+          sequence_ids: [B, L] packed rows: which packed sequence (1, 2, ...) each token belongs to,
+            0 for padding. Attention stays inside a sequence and default positions restart at 0
+            for each one (see `bert_jax.data.packing`).
+          cls_positions: [B, S] index of each packed sequence's [CLS]; the pooler then returns
+            one vector per sequence, [B, S, H].
         Returns:
-          BertModelOutput with last_hidden_state [B, L, H] and pooler_output [B, H].
+          BertModelOutput with last_hidden_state [B, L, H] and pooler_output [B, H] (or [B, S, H]).
         """
         cfg = self.config
         decoding = cfg.is_decoder and not init_cache and self.has_variable("cache", "position_offset")
@@ -51,6 +57,11 @@ class BertModel(nn.Module):
         validate_inputs(cfg, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                         encoder_hidden_states, encoder_attention_mask, cache_length)
         batch, seq = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
+        if sequence_ids is not None:
+            if tuple(sequence_ids.shape) != (batch, seq):
+                raise ValueError(f"sequence_ids has shape {tuple(sequence_ids.shape)}; expected {(batch, seq)}")
+            if decoding or init_cache:
+                raise ValueError("sequence_ids (packed rows) cannot be combined with KV-cache decoding")
 
         offset = 0
         if cfg.is_decoder and (init_cache or decoding):
@@ -60,12 +71,18 @@ class BertModel(nn.Module):
                 offset_var.value = offset + seq
         if token_type_ids is None:
             token_type_ids = jnp.zeros((batch, seq), jnp.int32)
-        if position_ids is None:
+        if position_ids is None and sequence_ids is not None:
+            position_ids = packed_positions(sequence_ids)
+        elif position_ids is None:
             position_ids = (offset + jnp.arange(seq, dtype=jnp.int32))[None, :]
 
         hidden = BertEmbeddings(cfg, name="embeddings")(input_ids, token_type_ids, position_ids, inputs_embeds,
                                                         deterministic)
         mask = _self_attention_mask(attention_mask, seq, cfg.is_decoder, cache_length)
+        if sequence_ids is not None:
+            same = sequence_ids[:, None, :, None] == sequence_ids[:, None, None, :]
+            same = jnp.logical_and(same, (sequence_ids != 0)[:, None, None, :])
+            mask = same if mask is None else jnp.logical_and(mask, same)
         encoder_mask = None
         if encoder_attention_mask is not None:
             encoder_mask = encoder_attention_mask.astype(bool)[:, None, None, :]
@@ -80,9 +97,18 @@ class BertModel(nn.Module):
         last, all_hidden, attentions, cross = BertEncoder(cfg, name="encoder")(
             hidden, mask, head_mask, encoder_hidden_states, encoder_mask, deterministic, output_attentions,
             output_hidden_states, init_cache)
-        pooled = BertPooler(cfg, name="pooler")(last) if self.add_pooling_layer else None
+        pooled = BertPooler(cfg, name="pooler")(last, cls_positions) if self.add_pooling_layer else None
         return BertModelOutput(last_hidden_state=last, pooler_output=pooled, hidden_states=all_hidden,
                                attentions=attentions, cross_attentions=cross)
+
+
+def packed_positions(sequence_ids: Array) -> Array:
+    """Positions restarting at 0 at each new packed sequence: [B, L] -> [B, L] int32."""
+    index = jnp.arange(sequence_ids.shape[1], dtype=jnp.int32)[None, :]
+    starts = jnp.concatenate([jnp.ones_like(sequence_ids[:, :1], bool),
+                              sequence_ids[:, 1:] != sequence_ids[:, :-1]], axis=1)
+    start_index = jax.lax.cummax(jnp.where(starts, index, 0), axis=1)
+    return index - start_index
 
 
 def _self_attention_mask(attention_mask: Optional[Array], seq: int, causal: bool,
