@@ -17,12 +17,30 @@ import functools
 import logging
 from typing import Callable, Dict, Optional, Tuple
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 
 logger = logging.getLogger(__name__)
 
 Array = jax.Array
+
+
+@flax.struct.dataclass
+class AttentionMask:
+    """Which keys each query may see, in the forms the kernels take.
+
+    `dense`: bool, broadcastable to [B, N, Q, K] (True = attend); what `xla` and
+    `jax.nn.dot_product_attention` use. None means no masking.
+    `segment_ids`: (q [B, Q], kv [B, K]) int ids; a query sees the keys with its id. Set by the
+    model for padding masks, packed rows and the plain causal case, so flash kernels need no dense
+    mask; None when only a dense mask can express the call (3-D user masks, cache decoding).
+    `causal`: the dense mask includes a causal mask (flash kernels apply theirs).
+    """
+
+    dense: Optional[Array] = None
+    segment_ids: Optional[Tuple[Array, Array]] = None
+    causal: bool = flax.struct.field(pytree_node=False, default=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,12 +51,15 @@ class AttentionCall:
     has_head_mask: bool = False
     dropout: bool = False  # attention dropout active (training with p > 0)
     has_bias: bool = False  # additive score bias (relative positions)
+    dense_mask_only: bool = False  # a mask exists but not as segment ids
+    q_len: int = 0
+    k_len: int = 0
 
 
 def xla_attention(query: Array, key: Array, value: Array, *, mask: Optional[Array] = None,
                   bias: Optional[Array] = None, head_mask: Optional[Array] = None, scale: Optional[float] = None,
                   dropout_rate: float = 0.0, dropout_rng: Optional[Array] = None,
-                  return_probs: bool = False) -> Tuple[Array, Optional[Array]]:
+                  return_probs: bool = False, **unused) -> Tuple[Array, Optional[Array]]:
     """Reference attention: einsum scores, float32 softmax, per-element dropout on probabilities.
 
     Args:
@@ -74,25 +95,92 @@ def dot_product_attention(query: Array, key: Array, value: Array, *, mask: Optio
                           implementation: Optional[str] = "xla", **unused) -> Tuple[Array, None]:
     """`jax.nn.dot_product_attention` (XLA or cuDNN); no probabilities, dropout or head mask."""
     del unused
-    if mask is not None:
-        mask = jnp.broadcast_to(mask, mask.shape[:1] + (query.shape[2],) + mask.shape[2:]) if mask.shape[1] == 1 \
-            else mask
+    if mask is not None and mask.shape[1] == 1:
+        mask = jnp.broadcast_to(mask, mask.shape[:1] + (query.shape[2],) + mask.shape[2:])
     out = jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask, scale=scale,
                                        implementation=implementation)
     return out, None
+
+
+def _block(length: int, preferred: int = 128) -> int:
+    return min(preferred, length)
+
+
+def pallas_gpu_attention(query: Array, key: Array, value: Array, *, segment_ids=None, causal: bool = False,
+                         scale: Optional[float] = None, **unused) -> Tuple[Array, None]:
+    """Pallas/Triton flash attention (`jax.experimental.pallas.ops.gpu.attention.mha`); interpreted
+    off-GPU. One segment-id array serves queries and keys, so Q == K (self-attention)."""
+    del unused
+    from jax.experimental.pallas.ops.gpu import attention as gpu_attention
+    scale = query.shape[-1] ** -0.5 if scale is None else scale
+    q_len, k_len = query.shape[1], key.shape[1]
+    bq, bk = _block(q_len), _block(k_len)
+    blocks = gpu_attention.BlockSizes(block_q=bq, block_k=bk, block_q_dkv=bq, block_kv_dkv=bk, block_q_dq=bq,
+                                      block_kv_dq=bk)
+    segments = None if segment_ids is None else segment_ids[1].astype(jnp.int32)
+    out = gpu_attention.mha(query, key, value, segments, sm_scale=scale, causal=causal, block_sizes=blocks,
+                            interpret=jax.default_backend() != "gpu")
+    return out, None
+
+
+def pallas_tpu_attention(query: Array, key: Array, value: Array, *, segment_ids=None, causal: bool = False,
+                         scale: Optional[float] = None, **unused) -> Tuple[Array, None]:
+    """Pallas TPU flash attention (`jax.experimental.pallas.ops.tpu.flash_attention`); interpreted
+    off-TPU. Takes separate query and key segment ids."""
+    del unused
+    from jax.experimental.pallas import tpu as pltpu
+    from jax.experimental.pallas.ops.tpu import flash_attention as tpu_flash
+    scale = query.shape[-1] ** -0.5 if scale is None else scale
+    bq, bk = _block(query.shape[1]), _block(key.shape[1])
+    blocks = tpu_flash.BlockSizes(block_q=bq, block_k_major=bk, block_k=bk, block_b=1, block_q_major_dkv=bq,
+                                  block_k_major_dkv=bk, block_k_dkv=bk, block_q_dkv=bq, block_k_major_dq=bk,
+                                  block_k_dq=bk, block_q_dq=bq)
+    segments = None
+    if segment_ids is not None:
+        segments = tpu_flash.SegmentIds(q=segment_ids[0].astype(jnp.int32), kv=segment_ids[1].astype(jnp.int32))
+    to_heads_major = lambda x: jnp.swapaxes(x, 1, 2)  # [B, L, N, D] -> [B, N, L, D]
+    run = functools.partial(tpu_flash.flash_attention, to_heads_major(query), to_heads_major(key),
+                            to_heads_major(value), segment_ids=segments, causal=causal, sm_scale=scale,
+                            block_sizes=blocks)
+    if jax.default_backend() == "tpu":
+        out = run()
+    else:
+        with pltpu.force_tpu_interpret_mode():
+            out = run()
+    return jnp.swapaxes(out, 1, 2), None
 
 
 KERNELS: Dict[str, Callable[..., Tuple[Array, Optional[Array]]]] = {
     "xla": xla_attention,
     "dot_product": functools.partial(dot_product_attention, implementation="xla"),
     "cudnn": functools.partial(dot_product_attention, implementation="cudnn"),
+    "pallas_gpu": pallas_gpu_attention,
+    "pallas_tpu": pallas_tpu_attention,
 }
 
+_FLASH_BLOCKERS = ("needs_probs", "has_head_mask", "dropout", "has_bias", "dense_mask_only")
 # What each fused kernel cannot do; anything listed forces the `xla` kernel.
 _UNSUPPORTED = {
     "dot_product": ("needs_probs", "has_head_mask", "dropout"),
     "cudnn": ("needs_probs", "has_head_mask", "dropout", "has_bias"),
+    "pallas_gpu": _FLASH_BLOCKERS,
+    "pallas_tpu": _FLASH_BLOCKERS,
 }
+# The backend each kernel is compiled for; elsewhere Pallas kernels run interpreted (slow, for tests).
+_NATIVE_BACKEND = {"cudnn": "gpu", "pallas_gpu": "gpu", "pallas_tpu": "tpu"}
+
+
+def _blockers(name: str, call: AttentionCall) -> list:
+    found = [f for f in _UNSUPPORTED.get(name, ()) if getattr(call, f)]
+    if name.startswith("pallas"):
+        for length in (call.q_len, call.k_len):
+            # The TPU kernel tiles keys in 128-lane blocks; the GPU one takes any block <= 128.
+            block = 128 if name == "pallas_tpu" else _block(length)
+            if length % block:
+                found.append(f"length {length} not a multiple of the block size {block}")
+        if name == "pallas_gpu" and call.q_len != call.k_len:
+            found.append("query and key lengths differ (cross-attention)")
+    return found
 
 
 @functools.lru_cache(maxsize=None)
@@ -101,21 +189,32 @@ def _log_fallback_once(requested: str, reason: str) -> None:
 
 
 def select_kernel(requested: str, call: AttentionCall) -> Callable[..., Tuple[Array, Optional[Array]]]:
-    """Returns the kernel for `requested` (a config name) and this call's needs."""
+    """Returns the kernel for `requested` (a config name) and this call's needs.
+
+    `auto` picks cuDNN on GPU, Pallas flash on TPU and `xla` on CPU, falling back to `xla`
+    silently where the call needs what the kernel cannot do. A kernel asked for by name falls back
+    with a one-time warning; cuDNN off-GPU raises (it cannot run at all there), while Pallas
+    kernels run interpreted off their backend (slow, meant for tests) with a one-time warning.
+    """
+    backend = jax.default_backend()
     if requested == "auto":
-        requested = "cudnn" if jax.default_backend() == "gpu" else "dot_product"
-        blockers = [f for f in _UNSUPPORTED[requested] if getattr(call, f)]
-        if blockers:
-            return xla_attention
-        return KERNELS[requested]
+        requested = {"gpu": "cudnn", "tpu": "pallas_tpu"}.get(backend, "xla")
+        return xla_attention if _blockers(requested, call) else KERNELS[requested]
     if requested not in KERNELS:
-        raise NotImplementedError(f"attention_impl={requested!r} is not available in this build; "
+        raise NotImplementedError(f"attention_impl={requested!r} is not available; "
                                   f"available: {sorted(KERNELS) + ['auto']}")
-    blockers = [f for f in _UNSUPPORTED.get(requested, ()) if getattr(call, f)]
+    blockers = _blockers(requested, call)
     if blockers:
         _log_fallback_once(requested, ", ".join(blockers))
         return xla_attention
-    if requested == "cudnn" and jax.default_backend() != "gpu":
-        raise ValueError("attention_impl='cudnn' needs a GPU backend; this process runs on "
-                         f"{jax.default_backend()!r}")
+    native = _NATIVE_BACKEND.get(requested)
+    if native and backend != native:
+        if requested == "cudnn":
+            raise ValueError(f"attention_impl='cudnn' needs a GPU backend; this process runs on {backend!r}")
+        _log_interpret_once(requested, backend)
     return KERNELS[requested]
+
+
+@functools.lru_cache(maxsize=None)
+def _log_interpret_once(requested: str, backend: str) -> None:
+    logger.warning("attention_impl=%r runs in Pallas interpret mode on %r (correct but slow)", requested, backend)

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from bert_jax.config import BertConfig
-from bert_jax.modeling.attention import AttentionCall, select_kernel
+from bert_jax.modeling.attention import AttentionCall, AttentionMask, select_kernel
 from bert_jax.modeling.common import ACT_FNS, dense, layer_norm, weight_init
 
 Array = jax.Array
@@ -35,11 +35,11 @@ class BertSelfAttention(nn.Module):
     is_cross: bool = False
 
     @nn.compact
-    def __call__(self, hidden: Array, kv_states: Optional[Array], mask: Optional[Array],
+    def __call__(self, hidden: Array, kv_states: Optional[Array], mask: Optional[AttentionMask],
                  head_mask: Optional[Array], deterministic: bool, output_attentions: bool,
                  init_cache: bool = False) -> Tuple[Array, Optional[Array]]:
-        """hidden [B, Q, H]; kv_states [B, S, H] (cross) or None (self); mask bool [B, 1, Q|1, K];
-        head_mask [N] or None. Returns context [B, Q, H] and probabilities [B, N, Q, K] or None."""
+        """hidden [B, Q, H]; kv_states [B, S, H] (cross) or None (self); head_mask [N] or None.
+        Returns context [B, Q, N, D] and probabilities [B, N, Q, K] or None."""
         cfg = self.config
         heads, head_dim = cfg.num_attention_heads, cfg.head_dim
         proj = lambda name: dense(cfg, (heads, head_dim), ("embed", "heads", "kv"), name)
@@ -69,11 +69,14 @@ class BertSelfAttention(nn.Module):
                 q_pos = q_pos + index
                 k_len = key.shape[1]
         k_pos = jnp.arange(k_len)
+        mask = AttentionMask() if mask is None else mask
+        dense_mask, segment_ids, causal = mask.dense, mask.segment_ids, mask.causal
         if decoding and not init_cache:
             # Outside decoding the model folds the causal mask into `mask`; here it depends on the
             # cache index, which only this module knows.
-            causal = (k_pos[None, :] <= q_pos[:, None])[None, None]
-            mask = causal if mask is None else jnp.logical_and(mask, causal)
+            causal_mask = (k_pos[None, :] <= q_pos[:, None])[None, None]
+            dense_mask = causal_mask if dense_mask is None else jnp.logical_and(dense_mask, causal_mask)
+            segment_ids, causal = None, False
 
         bias = None
         if cfg.position_embedding_type != "absolute" and not self.is_cross:
@@ -83,13 +86,15 @@ class BertSelfAttention(nn.Module):
         if not deterministic and cfg.attention_probs_dropout_prob > 0.0:
             dropout_rng = self.make_rng("dropout")
         call = AttentionCall(needs_probs=output_attentions, has_head_mask=head_mask is not None,
-                             dropout=dropout_rng is not None, has_bias=bias is not None)
+                             dropout=dropout_rng is not None, has_bias=bias is not None,
+                             dense_mask_only=dense_mask is not None and segment_ids is None,
+                             q_len=q_len, k_len=k_len)
         kernel = select_kernel(cfg.attention_impl, call)
         if head_mask is not None:
             head_mask = jnp.asarray(head_mask).reshape(1, heads, 1, 1)
-        context, probs = kernel(query, key, value, mask=mask, bias=bias, head_mask=head_mask,
-                                dropout_rate=cfg.attention_probs_dropout_prob, dropout_rng=dropout_rng,
-                                return_probs=output_attentions)
+        context, probs = kernel(query, key, value, mask=dense_mask, segment_ids=segment_ids, causal=causal,
+                                bias=bias, head_mask=head_mask, dropout_rate=cfg.attention_probs_dropout_prob,
+                                dropout_rng=dropout_rng, return_probs=output_attentions)
         return context, probs
 
     def _relative_scores(self, query: Array, key: Array, q_pos: Array, k_pos: Array) -> Array:

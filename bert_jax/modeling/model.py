@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from bert_jax.config import BertConfig
+from bert_jax.modeling.attention import AttentionMask
 from bert_jax.modeling.embeddings import BertEmbeddings
 from bert_jax.modeling.encoder import BertEncoder, BertPooler
 from bert_jax.modeling.inputs import validate_inputs
@@ -78,14 +79,11 @@ class BertModel(nn.Module):
 
         hidden = BertEmbeddings(cfg, name="embeddings")(input_ids, token_type_ids, position_ids, inputs_embeds,
                                                         deterministic)
-        mask = _self_attention_mask(attention_mask, seq, cfg.is_decoder, cache_length)
-        if sequence_ids is not None:
-            same = sequence_ids[:, None, :, None] == sequence_ids[:, None, None, :]
-            same = jnp.logical_and(same, (sequence_ids != 0)[:, None, None, :])
-            mask = same if mask is None else jnp.logical_and(mask, same)
+        mask = _self_attention_mask(attention_mask, sequence_ids, batch, seq, cfg.is_decoder, cache_length)
         encoder_mask = None
         if encoder_attention_mask is not None:
-            encoder_mask = encoder_attention_mask.astype(bool)[:, None, None, :]
+            encoder_mask = AttentionMask(encoder_attention_mask.astype(bool)[:, None, None, :],
+                                         (jnp.ones((batch, seq), jnp.int32), encoder_attention_mask.astype(jnp.int32)))
         if head_mask is not None:
             head_mask = jnp.asarray(head_mask)
             if head_mask.ndim == 1:
@@ -111,24 +109,45 @@ def packed_positions(sequence_ids: Array) -> Array:
     return index - start_index
 
 
-def _self_attention_mask(attention_mask: Optional[Array], seq: int, causal: bool,
-                         cache_length: Optional[int]) -> Optional[Array]:
-    """Boolean mask broadcastable to [B, N, Q, K] (True = attend)."""
+def _self_attention_mask(attention_mask: Optional[Array], sequence_ids: Optional[Array], batch: int, seq: int,
+                         causal: bool, cache_length: Optional[int]) -> AttentionMask:
+    """The self-attention mask as a dense boolean (broadcastable to [B, N, Q, K], True = attend)
+    and, where it can be, as segment ids for flash kernels."""
     if cache_length is not None:
         # Decoding: pad the mask over the whole cache; the attention module adds the causal part,
         # which hides the not-yet-written positions.
         if attention_mask is None:
-            return None
+            return AttentionMask()
         mask = attention_mask.astype(bool)
         mask = jnp.pad(mask, ((0, 0), (0, cache_length - mask.shape[1])), constant_values=True)
-        return mask[:, None, None, :]
+        return AttentionMask(mask[:, None, None, :])
     if attention_mask is not None and attention_mask.ndim == 3:
-        return attention_mask.astype(bool)[:, None, :, :]
-    mask = None if attention_mask is None else attention_mask.astype(bool)[:, None, None, :]
+        dense = attention_mask.astype(bool)[:, None, :, :]  # used as given: no causal part added
+        if sequence_ids is not None:
+            dense = jnp.logical_and(dense, _same_sequence(sequence_ids))
+        return AttentionMask(dense)
+    dense = None if attention_mask is None else attention_mask.astype(bool)[:, None, None, :]
+    if sequence_ids is not None:
+        same = _same_sequence(sequence_ids)
+        dense = same if dense is None else jnp.logical_and(dense, same)
+        segments = (sequence_ids.astype(jnp.int32), sequence_ids.astype(jnp.int32))
+    elif attention_mask is not None:
+        segments = (jnp.ones(attention_mask.shape, jnp.int32), attention_mask.astype(jnp.int32))
+    else:
+        segments = None
     if causal:
         causal_mask = jnp.tril(jnp.ones((seq, seq), bool))[None, None]
-        mask = causal_mask if mask is None else jnp.logical_and(mask, causal_mask)
-    return mask
+        dense = causal_mask if dense is None else jnp.logical_and(dense, causal_mask)
+        if segments is None:
+            ones = jnp.ones((batch, seq), jnp.int32)
+            segments = (ones, ones)
+    return AttentionMask(dense, segments, causal=causal)
+
+
+def _same_sequence(sequence_ids: Array) -> Array:
+    """[B, L] packed sequence ids -> [B, 1, L, L]: same sequence and not padding."""
+    same = sequence_ids[:, None, :, None] == sequence_ids[:, None, None, :]
+    return jnp.logical_and(same, (sequence_ids != 0)[:, None, None, :])
 
 
 def _cache_length(cache) -> int:
