@@ -1,0 +1,135 @@
+"""Builds the pretraining input pipeline from `config.data` (sources: the embedded stdlib corpus,
+local text files, array_record shards from create_pretraining_data) and the tokenizer that goes
+with it. The trainer sees only loaders of per-host batches."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Any, Callable, Iterator, Optional
+
+import jax
+import numpy as np
+
+from bert_jax.data import pipeline
+from bert_jax.tokenization import BertTokenizer, train_wordpiece
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class PretrainingData:
+    train_loader: Any  # grain DataLoader; iter() has get_state/set_state
+    make_eval_loader: Callable[[], Any]
+    eval_batches_count: int
+    tokenizer: Optional[BertTokenizer]
+    vocab_size: int
+    pad_token_id: int
+
+    def eval_batches(self) -> Iterator[dict]:
+        """The same held-out batches every time (a fresh, unshuffled iterator)."""
+        iterator = iter(self.make_eval_loader())
+        for _ in range(self.eval_batches_count):
+            try:
+                yield next(iterator)
+            except StopIteration:
+                return
+
+
+def _tokenizer(config, workdir: str, documents) -> BertTokenizer:
+    """config.data.vocab, or the run's own vocab in workdir/tokenizer (trained once, reused on resume:
+    WordPiece training is not bit-reproducible)."""
+    if config.data.vocab:
+        path = config.data.vocab
+        return BertTokenizer.from_vocab(path, lowercase=config.data.lowercase) if os.path.isfile(path) \
+            else BertTokenizer.from_pretrained(path)
+    saved = os.path.join(workdir, "tokenizer")
+    if os.path.isfile(os.path.join(saved, "vocab.txt")):
+        return BertTokenizer.from_pretrained(saved)
+    if documents is None:
+        raise ValueError("config.data.vocab is required for this data source (no text to train a vocab on)")
+    tokenizer = train_wordpiece((s for doc in documents for s in doc), vocab_size=config.data.vocab_size,
+                                lowercase=config.data.lowercase)
+    if jax.process_index() == 0:
+        tokenizer.save(saved)
+    return tokenizer
+
+
+def _documents(source: str):
+    if source == "stdlib":
+        from bert_jax.data.corpus import stdlib_documents
+        return stdlib_documents()
+    if source.startswith("text:"):
+        from bert_jax.data.sources import TextLinesSource
+        text = TextLinesSource(source[len("text:"):], mode="documents")
+        return [list(text[i]["sentences"]) for i in range(len(text))]
+    return None
+
+
+def build_pretraining_data(config, workdir: str) -> PretrainingData:
+    d = config.data
+    documents = _documents(d.source)
+    tokenizer = _tokenizer(config, workdir, documents) if (documents is not None or d.vocab) else None
+    common = dict(global_batch_size=d.global_batch_size, seed=config.seed, worker_count=d.worker_count)
+    if documents is not None:
+        if len(documents) < 2:
+            raise ValueError(f"data source {d.source!r} has {len(documents)} document(s); need at least 2")
+        n_eval = max(1, int(round(len(documents) * d.eval_fraction)))
+        train_docs, eval_docs = documents[:-n_eval], documents[-n_eval:]
+        mode = "nsp" if config.objective == "mlm_nsp" else "full_sentences"
+        text_kw = dict(seq_len=d.seq_len, masked_lm_prob=d.masked_lm_prob, max_predictions=d.max_predictions,
+                       mode=mode, dupe_factor=d.dupe_factor, short_seq_prob=d.short_seq_prob)
+        train = pipeline.make_text_mlm_loader(train_docs, tokenizer, **text_kw, **common)
+        make_eval = lambda: pipeline.make_text_mlm_loader(eval_docs, tokenizer, **text_kw, **dict(
+            common, seed=config.seed + 1), shuffle=False)
+    elif d.source.startswith("array_record:"):
+        train = pipeline.make_pretraining_loader(d.source[len("array_record:"):], **common)
+        eval_source = d.get("eval_source", "") or d.source[len("array_record:"):]
+        make_eval = lambda: pipeline.make_pretraining_loader(eval_source, **dict(common, seed=config.seed + 1),
+                                                             shuffle=False)
+    else:
+        raise ValueError(f"config.data.source={d.source!r}: expected 'stdlib', 'text:<glob>' or "
+                         "'array_record:<glob>'")
+    if tokenizer is not None:
+        vocab_size, pad = tokenizer.vocab_size, tokenizer.pad_token_id
+    else:
+        vocab_size, pad = config.model.get("vocab_size", 30522), 0
+    return PretrainingData(train, make_eval, d.eval_batches, tokenizer, vocab_size, pad)
+
+
+# ------------------------------------------------------------------------------- iterator state
+_STATE_BYTES = 1 << 16
+
+
+def gather_iterator_states(iterator) -> dict:
+    """Every process's iterator state as {process_<i>: json str}; all processes must call it.
+    (Orbax writes JSON items from the primary process only, so the states are gathered first.)"""
+    state = pipeline.iterator_state_to_bytes(iterator)
+    if jax.process_count() == 1:
+        return {"process_0": state.decode()}
+    if len(state) > _STATE_BYTES:
+        raise ValueError(f"iterator state of {len(state)} bytes exceeds {_STATE_BYTES}")
+    from jax.experimental import multihost_utils
+    padded = np.zeros((_STATE_BYTES + 4,), np.uint8)
+    padded[:4] = np.frombuffer(np.uint32(len(state)).tobytes(), np.uint8)
+    padded[4:4 + len(state)] = np.frombuffer(state, np.uint8)
+    gathered = np.asarray(multihost_utils.process_allgather(padded))
+    out = {}
+    for i, row in enumerate(gathered):
+        n = int(np.frombuffer(row[:4].tobytes(), np.uint32)[0])
+        out[f"process_{i}"] = row[4:4 + n].tobytes().decode()
+    return out
+
+
+def restore_iterator_state(iterator, states: dict) -> None:
+    key = f"process_{jax.process_index()}"
+    if key not in states:
+        raise ValueError(f"checkpoint has data iterator states for {sorted(states)}, not for {key}: "
+                         "resuming with a different number of processes cannot restore the input position")
+    pipeline.iterator_state_from_bytes(iterator, states[key])
+
+
+def describe(data: PretrainingData) -> str:
+    return json.dumps({"vocab_size": data.vocab_size, "eval_batches": data.eval_batches_count})

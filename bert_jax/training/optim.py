@@ -1,0 +1,281 @@
+"""Optimizers and learning-rate schedules for BERT pretraining and fine-tuning, built from optax parts.
+
+* `make_schedule`: linear warmup from 0 to the peak, then linear / polynomial / cosine / constant decay.
+* `weight_decay_mask`: decay everything except biases and LayerNorm params (google-research's rule).
+* `adamw`: AdamW; `bias_correction=False` is google-research's `AdamWeightDecayOptimizer` exactly.
+* `lamb`: NVIDIA's LAMB with the trust ratio taken per layer, also for scanned (`scan_layers=True`)
+  params, so that both layer layouts train identically.
+* `make_optimizer(cfg)`: all of the above from an `ml_collections.ConfigDict` (see `default_config`).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Callable, NamedTuple, Tuple, Union
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+SCHEDULES = ("linear", "polynomial", "cosine", "constant")
+OPTIMIZERS = ("adamw", "adamw_google", "lamb")
+Mask = Union[None, Any, Callable[[Any], Any]]
+
+
+# ------------------------------------------------------------------------------------------ schedules
+def make_schedule(kind: str, peak_lr: float, total_steps: int, warmup_steps: int, end_lr: float = 0.0,
+                  power: float = 1.0) -> optax.Schedule:
+    """lr(step): `peak_lr * step / warmup_steps` during warmup, then decay from `peak_lr` at step
+    `warmup_steps` to `end_lr` at `total_steps` (and `end_lr` after). `kind`: 'linear', 'polynomial'
+    (`(1 - t) ** power`), 'cosine' (half period) or 'constant' (stays at `peak_lr`; `end_lr` unused).
+
+    The decay runs over the steps after warmup (as transformers' `get_linear_schedule_with_warmup`);
+    google-research's BERT decays over all `total_steps` and lets warmup override the start, which
+    differs from this by at most `peak_lr * warmup_steps / total_steps`."""
+    if kind not in SCHEDULES:
+        raise ValueError(f"schedule: unknown kind {kind!r}; choose from {SCHEDULES}")
+    for name, value in (("peak_lr", peak_lr), ("end_lr", end_lr)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    for name, value in (("total_steps", total_steps), ("warmup_steps", warmup_steps)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ValueError(f"{name} must be an int, got {value!r}")
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+    if not 0 <= warmup_steps <= total_steps:
+        raise ValueError(f"warmup_steps must be in [0, total_steps={total_steps}], got {warmup_steps}")
+    if kind == "polynomial" and not (isinstance(power, numbers.Real) and power > 0):
+        raise ValueError(f"power must be > 0, got {power!r}")
+    peak, end, warmup, total = float(peak_lr), float(end_lr), int(warmup_steps), int(total_steps)
+
+    def schedule(step):
+        step = jnp.asarray(step, jnp.float32)
+        warm = peak * step / max(warmup, 1)
+        t = jnp.clip((step - warmup) / max(total - warmup, 1), 0.0, 1.0)
+        if kind == "linear":
+            decayed = end + (peak - end) * (1.0 - t)
+        elif kind == "polynomial":
+            decayed = end + (peak - end) * (1.0 - t) ** power
+        elif kind == "cosine":
+            decayed = end + (peak - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * t))
+        else:
+            decayed = jnp.full_like(t, peak)
+        return jnp.where(step < warmup, warm, decayed)
+
+    return schedule
+
+
+# ---------------------------------------------------------------------------------------- param paths
+def _names(path) -> Tuple[str, ...]:
+    """Dict keys / sequence indices of a key path as strings (attribute keys of boxes are skipped)."""
+    out = []
+    for k in path:
+        if isinstance(k, jax.tree_util.DictKey):
+            out.append(str(k.key))
+        elif isinstance(k, jax.tree_util.SequenceKey):
+            out.append(str(k.idx))
+        elif isinstance(k, jax.tree_util.FlattenedIndexKey):
+            out.append(str(k.key))
+    return tuple(out)
+
+
+def is_scanned_layer_path(names: Tuple[str, ...]) -> bool:
+    """True for leaves of the scanned layer stack: `.../encoder/layer/<not a digit>/...`."""
+    return any(names[i] == "encoder" and names[i + 1] == "layer" and not names[i + 2].isdigit()
+               for i in range(len(names) - 2))
+
+
+def decays(names: Tuple[str, ...]) -> bool:
+    """google-research's rule: no weight decay for LayerNorm params and biases; everything else
+    (kernels, embeddings) decays."""
+    return not (any("LayerNorm" in n or "layer_norm" in n for n in names) or (names and names[-1] == "bias"))
+
+
+def weight_decay_mask(params):
+    """Tree of bools like `params`: True where weight decay applies. Looks at paths only (never the
+    values), so it works for either layer layout, for `jax.ShapeDtypeStruct` leaves and as a callable
+    `mask=` of optax."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: decays(_names(path)), params)
+
+
+def param_count(params, non_embedding: bool = False) -> int:
+    """Number of parameters; `non_embedding=True` leaves out embedding tables (leaves named `embedding`)."""
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    return int(sum(math.prod(np.shape(x)) for path, x in leaves
+                   if not (non_embedding and _names(path)[-1:] == ("embedding",))))
+
+
+# ------------------------------------------------------------------------------------ transformations
+class ScaleByAdamNoBiasCorrectionState(NamedTuple):
+    count: jax.Array
+    mu: Any
+    nu: Any
+
+
+def scale_by_adam_no_bias_correction(b1: float = 0.9, b2: float = 0.999,
+                                     eps: float = 1e-6) -> optax.GradientTransformation:
+    """Adam's direction without bias correction: `m / (sqrt(v) + eps)` with `m`, `v` the raw moving
+    averages (google-research BERT's `AdamWeightDecayOptimizer`)."""
+
+    def init_fn(params):
+        return ScaleByAdamNoBiasCorrectionState(count=jnp.zeros([], jnp.int32), mu=optax.tree.zeros_like(params),
+                                                nu=optax.tree.zeros_like(params))
+
+    def update_fn(updates, state, params=None):
+        del params
+        mu = jax.tree.map(lambda g, m: b1 * m + (1.0 - b1) * g, updates, state.mu)
+        nu = jax.tree.map(lambda g, v: b2 * v + (1.0 - b2) * jnp.square(g), updates, state.nu)
+        updates = jax.tree.map(lambda m, v: m / (jnp.sqrt(v) + eps), mu, nu)
+        return updates, ScaleByAdamNoBiasCorrectionState(count=optax.safe_increment(state.count), mu=mu, nu=nu)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def scale_by_trust_ratio_per_layer(
+        is_stacked: Callable[[Tuple[str, ...]], bool] = is_scanned_layer_path) -> optax.GradientTransformation:
+    """LAMB's trust ratio `||param|| / ||update||` (1 where either norm is 0), one per layer.
+
+    A leaf whose path satisfies `is_stacked` holds all layers along its leading axis (the scanned
+    layout): its norms are taken per slice of that axis, so each layer gets its own ratio, exactly as
+    with the unrolled layout. Other leaves get one ratio each (as `optax.scale_by_trust_ratio`)."""
+
+    def init_fn(params):
+        del params
+        return optax.EmptyState()
+
+    def scale(path, update, param):
+        stacked = is_stacked(_names(path)) and update.ndim >= 1
+        axes = tuple(range(1, update.ndim)) if stacked else None
+
+        def norm(x):
+            n = jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)), axis=axes))
+            return n.reshape(n.shape + (1,) * (update.ndim - n.ndim))
+
+        param_norm, update_norm = norm(param), norm(update)
+        ok = (param_norm > 0) & (update_norm > 0)
+        ratio = jnp.where(ok, param_norm / jnp.where(ok, update_norm, 1.0), 1.0)
+        return (update * ratio).astype(update.dtype)
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError("scale_by_trust_ratio_per_layer needs `params` (tx.update(grads, state, params))")
+        return jax.tree_util.tree_map_with_path(scale, updates, params), state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+# -------------------------------------------------------------------------------------------- optimizers
+def adamw(schedule: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6,
+          weight_decay: float = 0.01, bias_correction: bool = True,
+          mask: Mask = weight_decay_mask) -> optax.GradientTransformation:
+    """AdamW: `param -= lr * (adam_direction + weight_decay * param)` (decay only where `mask`).
+
+    With `bias_correction=True` this is `optax.adamw`; with False it is google-research BERT's
+    `AdamWeightDecayOptimizer`: `m / (sqrt(v) + eps)` on the uncorrected moments."""
+    direction = (optax.scale_by_adam(b1=b1, b2=b2, eps=eps) if bias_correction
+                 else scale_by_adam_no_bias_correction(b1=b1, b2=b2, eps=eps))
+    return optax.chain(direction, optax.add_decayed_weights(weight_decay, mask),
+                       optax.scale_by_learning_rate(schedule))
+
+
+def lamb(schedule: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6,
+         weight_decay: float = 0.01, mask: Mask = weight_decay_mask,
+         scanned_layers_axis: bool = True) -> optax.GradientTransformation:
+    """NVIDIA's LAMB: bias-corrected Adam direction + `weight_decay * param` (where `mask`), scaled by
+    the trust ratio `||param|| / ||update||` of each layer, then by the learning rate.
+
+    `scanned_layers_axis=True`: leaves of a scanned layer stack (`encoder/layer/<name>`) get one ratio
+    per layer (slice of the leading axis), so scanned and unrolled params train identically; with
+    False every leaf gets one ratio (`optax.lamb`)."""
+    is_stacked = is_scanned_layer_path if scanned_layers_axis else (lambda names: False)
+    return optax.chain(optax.scale_by_adam(b1=b1, b2=b2, eps=eps), optax.add_decayed_weights(weight_decay, mask),
+                       scale_by_trust_ratio_per_layer(is_stacked), optax.scale_by_learning_rate(schedule))
+
+
+# ------------------------------------------------------------------------------------------ from config
+def default_config() -> ml_collections.ConfigDict:
+    """Every field `make_optimizer` reads, with its default (google-research BERT pretraining's,
+    except the learning rate). A `warmup_fraction` >= 0 overrides `warmup_steps`; None or negative
+    (-1.0, which keeps the field a float in a ConfigDict) leaves `warmup_steps` in charge."""
+    return ml_collections.ConfigDict({
+        "optimizer": "adamw",          # 'adamw' | 'adamw_google' (no bias correction) | 'lamb'
+        "learning_rate": 1e-4,         # peak
+        "warmup_steps": 0,             # int
+        "warmup_fraction": -1.0,       # of total_steps, in [0, 1]; overrides warmup_steps; < 0 = unset
+        "total_steps": 1000,
+        "schedule": "linear",          # 'linear' | 'polynomial' | 'cosine' | 'constant'
+        "power": 1.0,                  # for 'polynomial'
+        "end_learning_rate": 0.0,
+        "weight_decay": 0.01,
+        "b1": 0.9,
+        "b2": 0.999,
+        "eps": 1e-6,
+        "grad_clip_norm": 1.0,         # global-norm clipping before the optimizer; 0 or None = off
+    })
+
+
+def _number(cfg, name: str, lo: float, hi: float = math.inf, lo_open: bool = False, hi_open: bool = False):
+    value = cfg.get(name, default_config()[name])
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"optim.{name} must be a number, got {value!r}")
+    value = float(value)
+    bad = (not math.isfinite(value) or value < lo or value > hi or (lo_open and value == lo)
+           or (hi_open and value == hi))
+    if bad:
+        raise ValueError(f"optim.{name} must be in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}, "
+                         f"got {value!r}")
+    return value
+
+
+def _int(cfg, name: str, lo: int):
+    value = cfg.get(name, default_config()[name])
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
+        raise ValueError(f"optim.{name} must be an int >= {lo}, got {value!r}")
+    return int(value)
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict) -> Tuple[optax.GradientTransformation, optax.Schedule]:
+    """`(tx, schedule)` from `cfg` (fields: `default_config()`; missing ones take their defaults).
+
+    `tx` clips the gradients' global norm to `grad_clip_norm` (when set), then applies the optimizer;
+    the weight decay mask is `weight_decay_mask`. Warmup: `round(warmup_fraction * total_steps)` when
+    `warmup_fraction` >= 0, else `warmup_steps` (None: 0). Gradient accumulation is the caller's: call
+    `tx.update` once per optimizer step (the schedule counts those). Bad values raise `ValueError`
+    naming the field."""
+    optimizer = cfg.get("optimizer", default_config().optimizer)
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optim.optimizer: unknown {optimizer!r}; choose from {OPTIMIZERS}")
+    kind = cfg.get("schedule", default_config().schedule)
+    if kind not in SCHEDULES:
+        raise ValueError(f"optim.schedule: unknown {kind!r}; choose from {SCHEDULES}")
+    lr = _number(cfg, "learning_rate", 0.0)
+    end_lr = _number(cfg, "end_learning_rate", 0.0)
+    power = _number(cfg, "power", 0.0, lo_open=True)
+    total = _int(cfg, "total_steps", 1)
+    fraction = cfg.get("warmup_fraction")
+    if fraction is not None and not (isinstance(fraction, numbers.Real) and not isinstance(fraction, bool)
+                                     and fraction < 0):
+        warmup = int(round(_number(cfg, "warmup_fraction", 0.0, 1.0) * total))  # set: overrides warmup_steps
+    elif cfg.get("warmup_steps") is None:
+        warmup = 0
+    else:
+        warmup = _int(cfg, "warmup_steps", 0)
+        if warmup > total:
+            raise ValueError(f"optim.warmup_steps ({warmup}) must be <= optim.total_steps ({total})")
+    weight_decay = _number(cfg, "weight_decay", 0.0)
+    b1 = _number(cfg, "b1", 0.0, 1.0, hi_open=True)
+    b2 = _number(cfg, "b2", 0.0, 1.0, hi_open=True)
+    eps = _number(cfg, "eps", 0.0)
+    clip = cfg.get("grad_clip_norm", default_config().grad_clip_norm)
+    clip = 0.0 if clip is None else _number(cfg, "grad_clip_norm", 0.0)
+
+    schedule = make_schedule(kind, lr, total, warmup, end_lr=end_lr, power=power)
+    if optimizer == "lamb":
+        tx = lamb(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+    else:
+        tx = adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
+                   bias_correction=optimizer == "adamw")
+    return optax.chain(optax.clip_by_global_norm(clip) if clip > 0 else optax.identity(), tx), schedule

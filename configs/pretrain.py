@@ -1,0 +1,106 @@
+"""BERT pretraining (MLM + NSP).
+
+Usage: python -m bert_jax.main --config=configs/pretrain.py:size=base,seq=128,recipe=google --workdir=DIR
+Arguments (comma-separated key=value): size in tiny/mini/small/medium/base/large; seq (max sequence
+length); recipe in google (AdamW, lr 1e-4, warmup 10k, 1M steps, batch 256) / nvidia_lamb_phase1 /
+nvidia_lamb_phase2; runlocal (shrinks everything to a CPU-sized run).
+"""
+
+import ml_collections
+
+SIZES = {  # layers, hidden, heads
+    "tiny": (2, 128, 2), "mini": (4, 256, 4), "small": (4, 512, 8), "medium": (8, 512, 8),
+    "base": (12, 768, 12), "large": (24, 1024, 16),
+}
+
+RECIPES = {
+    # google-research/bert: AdamWeightDecay without bias correction, linear warmup then decay to 0.
+    "google": dict(optimizer="adamw_google", learning_rate=1e-4, warmup_steps=10_000, total_steps=1_000_000,
+                   global_batch_size=256, weight_decay=0.01),
+    # NVIDIA DeepLearningExamples LAMB, phase 1 (seq 128) and phase 2 (seq 512).
+    "nvidia_lamb_phase1": dict(optimizer="lamb", learning_rate=6e-3, warmup_fraction=0.2843, total_steps=7_038,
+                               global_batch_size=65_536, weight_decay=0.01, schedule="polynomial", power=0.5),
+    "nvidia_lamb_phase2": dict(optimizer="lamb", learning_rate=4e-3, warmup_fraction=0.128, total_steps=1_563,
+                               global_batch_size=32_768, weight_decay=0.01, schedule="polynomial", power=0.5),
+}
+
+
+def parse_arg(arg: str) -> dict:
+    out = {}
+    for item in filter(None, (arg or "").split(",")):
+        key, _, value = item.partition("=")
+        out[key.strip()] = value.strip() if value else "true"
+    return out
+
+
+def model_config(size: str) -> ml_collections.ConfigDict:
+    if size not in SIZES:
+        raise ValueError(f"size={size!r} is not one of {sorted(SIZES)}")
+    layers, hidden, heads = SIZES[size]
+    return ml_collections.ConfigDict(dict(
+        hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=4 * hidden,
+        max_position_embeddings=512, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
+        hidden_act="gelu", dtype="float32", param_dtype="float32", attention_impl="auto", remat_policy="none",
+        scan_layers=False, type_vocab_size=2))
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.mode = "pretrain"
+    c.objective = "mlm_nsp"  # or "mlm" (RoBERTa-style, no NSP)
+    c.model = model_config("base")
+    c.data = ml_collections.ConfigDict(dict(
+        source="stdlib",  # stdlib (embedded corpus) | array_record:<glob> | text:<glob> | tfds:<name>
+        vocab="",  # vocab.txt / tokenizer dir; empty: train a WordPiece vocab on the corpus
+        vocab_size=8000, lowercase=True, seq_len=128, max_predictions=20, masked_lm_prob=0.15,
+        short_seq_prob=0.1, dupe_factor=2, global_batch_size=256, eval_fraction=0.02, eval_batches=10,
+        dynamic_masking=True, worker_count=0))
+    c.optim = ml_collections.ConfigDict(dict(
+        optimizer="adamw", learning_rate=1e-4, schedule="linear", warmup_steps=10_000, warmup_fraction=-1.0,
+        total_steps=1_000_000, end_learning_rate=0.0, power=1.0, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-6,
+        grad_clip_norm=1.0))
+    c.total_steps = c.optim.get_ref("total_steps")
+    c.micro_batches = 1  # gradient accumulation: the global batch is split into this many micro-batches
+    c.mesh = ml_collections.ConfigDict(dict(ici_parallelism=(1, -1, 1), dcn_parallelism=(1, 1, 1), rules=()))
+    c.log_every = 100
+    c.eval_every = 2000
+    c.checkpoint_every = 2000
+    c.keep_checkpoints = 3
+    c.async_checkpointing = True
+    c.on_nonfinite = "stop"  # or "skip"
+    c.init_from = ""  # HF checkpoint directory or bert_jax workdir (params only)
+    c.profile_steps = 0
+    return c
+
+
+def apply_recipe(c: ml_collections.ConfigDict, recipe: str) -> None:
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe={recipe!r} is not one of {sorted(RECIPES)}")
+    r = dict(RECIPES[recipe])
+    c.data.global_batch_size = r.pop("global_batch_size")
+    for key, value in r.items():
+        c.optim[key] = value
+
+
+def runlocal(c: ml_collections.ConfigDict) -> None:
+    """Shrinks any config to a CPU-sized run (a few minutes)."""
+    c.model.update(model_config("tiny"))
+    c.model.max_position_embeddings = 128
+    c.data.update(seq_len=64, max_predictions=10, global_batch_size=16, vocab_size=2000, eval_batches=4)
+    c.optim.update(total_steps=200, warmup_steps=20, warmup_fraction=-1.0)
+    c.mesh.ici_parallelism = (1, -1, 1)
+    c.log_every, c.eval_every, c.checkpoint_every = 20, 100, 100
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+    args = parse_arg(arg)
+    c = base_config()
+    c.model = model_config(args.get("size", "base"))
+    apply_recipe(c, args.get("recipe", "google"))
+    if "seq" in args:
+        c.data.seq_len = int(args["seq"])
+        c.data.max_predictions = max(1, round(c.data.seq_len * 0.15 + 0.5))
+    if args.get("runlocal") in ("true", "1"):
+        runlocal(c)
+    return c

@@ -1,0 +1,243 @@
+"""Training loop: end to end, exact resume after SIGKILL, SIGTERM, corrupt checkpoints, gradient
+accumulation, non-finite handling, restore on another mesh, command-line overrides."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import bert_jax
+from bert_jax.training import checkpoints, steps
+from bert_jax.training.optim import make_optimizer
+from tests import cases
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CORPUS_WORDS = ("the function returns a list of values from the file and raises an error if the path does not "
+                "exist while the class stores the name of each object in a table for later use").split()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    rs = np.random.RandomState(0)
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    docs = []
+    for _ in range(40):
+        sentences = [" ".join(rs.choice(CORPUS_WORDS, rs.randint(5, 12))) + "." for _ in range(rs.randint(3, 7))]
+        docs.append("\n".join(sentences))
+    path.write_text("\n\n".join(docs) + "\n")
+    # One vocab for every run: WordPiece training breaks frequency ties in hash order, so two runs that
+    # each trained their own could differ.
+    from bert_jax.tokenization import train_wordpiece
+    vocab_dir = path.parent / "vocab"
+    train_wordpiece([str(path)], vocab_size=300).save(str(vocab_dir))
+    return str(path), str(vocab_dir)
+
+
+def _flags(corpus, workdir, steps_total=8, extra=()):
+    text, vocab = corpus
+    return [f"--config={ROOT}/configs/pretrain.py:size=tiny,runlocal", f"--workdir={workdir}",
+            f"--config.data.source=text:{text}", f"--config.data.vocab={vocab}", "--config.data.vocab_size=300", "--config.data.seq_len=32",
+            "--config.data.max_predictions=5", "--config.data.global_batch_size=8", "--config.data.eval_batches=2",
+            "--config.data.dupe_factor=1", f"--config.optim.total_steps={steps_total}", "--config.optim.warmup_steps=2",
+            "--config.log_every=2", "--config.eval_every=0", "--config.checkpoint_every=4",
+            "--config.model.hidden_size=32", "--config.model.intermediate_size=64",
+            "--config.model.max_position_embeddings=32", *extra]
+
+
+def _main(corpus, workdir, steps_total=8, extra=(), env=None, background=False):
+    cmd = [sys.executable, "-m", "bert_jax.main", *_flags(corpus, workdir, steps_total, extra)]
+    env = dict(os.environ, **(env or {}))
+    if background:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def _config(corpus, steps_total=8, **overrides):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("pretrain_config", os.path.join(ROOT, "configs", "pretrain.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config("size=tiny,runlocal")
+    c.data.update(source=f"text:{corpus[0]}", vocab=corpus[1], vocab_size=300, seq_len=32, max_predictions=5, global_batch_size=8,
+                  eval_batches=2, dupe_factor=1)
+    c.optim.update(total_steps=steps_total, warmup_steps=2)
+    c.model.update(hidden_size=32, intermediate_size=64, max_position_embeddings=32)
+    c.log_every, c.eval_every, c.checkpoint_every = 2, 0, 4
+    for key, value in overrides.items():
+        target = c
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target[parent]
+        target[leaf] = value
+    return c
+
+
+def _final_params(workdir):
+    """Params of the newest checkpoint, as numpy."""
+    ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"))
+    step = ckpt.latest_step()
+    state, _ = ckpt.read(step)
+    ckpt.close()
+    return step, jax.tree.map(np.asarray, state["params"])
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(corpus, tmp_path_factory):
+    from bert_jax.training import trainer
+    workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+    result = trainer.train_and_evaluate(_config(corpus, steps_total=8), workdir)
+    return workdir, result
+
+
+def test_end_to_end_loss_decreases(uninterrupted):
+    workdir, result = uninterrupted
+    records = [r for r in map(json.loads, open(os.path.join(workdir, "metrics.jsonl"))) if r["split"] == "train"]
+    assert len(records) == 4 and records[0]["loss"] > records[-1]["loss"]
+    assert {"mlm_accuracy", "nsp_accuracy", "learning_rate", "grad_norm", "seq_per_s"} <= set(records[0])
+    assert os.path.isdir(os.path.join(workdir, "tensorboard")) and os.listdir(os.path.join(workdir, "tensorboard"))
+    assert result["step"] == 8
+    assert json.load(open(os.path.join(workdir, "final_metrics.json")))["step"] == 8
+
+
+def test_sigkill_then_resume_is_bit_exact(corpus, uninterrupted, tmp_path):
+    reference_dir, _ = uninterrupted
+    workdir = str(tmp_path / "killed")
+    proc = _main(corpus, workdir, steps_total=8, background=True,
+                 extra=("--config.async_checkpointing=false",))
+    deadline = time.time() + 300
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    # kill -9 as soon as the step-4 checkpoint exists, while the run goes on towards step 8
+    while time.time() < deadline and not os.path.isdir(os.path.join(ckpt_dir, "4")):
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert os.path.isdir(os.path.join(ckpt_dir, "4"))
+    _main(corpus, workdir, steps_total=8)  # resumes
+    step, params = _final_params(workdir)
+    ref_step, ref_params = _final_params(reference_dir)
+    assert step == ref_step == 8
+    jax.tree.map(np.testing.assert_array_equal, params, ref_params)
+
+
+def test_sigterm_saves_and_exits_cleanly(corpus, tmp_path):
+    workdir = str(tmp_path / "preempted")
+    proc = _main(corpus, workdir, steps_total=10_000, background=True, extra=("--config.log_every=1",))
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    deadline = time.time() + 300
+    while time.time() < deadline and not (os.path.exists(metrics) and os.path.getsize(metrics) > 0):
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    final = json.load(open(os.path.join(workdir, "final_metrics.json")))
+    assert final["preempted"] and 0 < final["step"] < 10_000
+    ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"))
+    assert ckpt.latest_step() == final["step"]
+    ckpt.close()
+
+
+def test_corrupt_latest_checkpoint_falls_back(uninterrupted, tmp_path, caplog):
+    import shutil
+    workdir = str(tmp_path / "corrupt")
+    shutil.copytree(uninterrupted[0], workdir)
+    latest = os.path.join(workdir, "checkpoints", "8", "state")
+    for root, _, files in os.walk(latest):
+        for name in files:
+            with open(os.path.join(root, name), "wb") as f:
+                f.write(b"garbage")
+    ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"))
+    _, ref_params = _final_params(uninterrupted[0])
+    abstract = ckpt.manager.item_metadata(4)["state"]
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), abstract)
+    with caplog.at_level("WARNING"):
+        step, state, data_state = ckpt.restore(target)
+    assert step == 4 and "process_0" in data_state
+    assert any("step 8" in r.getMessage() for r in caplog.records)
+    for root, _, files in os.walk(os.path.join(workdir, "checkpoints", "4", "state")):
+        for name in files:
+            with open(os.path.join(root, name), "wb") as f:
+                f.write(b"garbage")
+    with pytest.raises(RuntimeError, match="refusing to start over"):
+        ckpt.restore(target)
+    ckpt.close()
+
+
+def _tiny_pretraining_setup(micro_batches):
+    config = bert_jax.BertConfig(**dict(cases.TINY, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    model = bert_jax.BertForPreTraining(config)
+    params = bert_jax.init_params(model, jax.random.PRNGKey(0))
+    import ml_collections
+    tx, schedule = make_optimizer(ml_collections.ConfigDict(dict(optimizer="adamw", learning_rate=1e-3,
+                                                                 total_steps=10, warmup_steps=0)))
+    state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                             rng=jax.random.PRNGKey(1))
+    return jax.jit(steps.make_train_step(model, tx, schedule, micro_batches=micro_batches)), state
+
+
+def _batch(rows=8, seq=12, predictions=3):
+    rs = np.random.RandomState(2)
+    weights = (rs.rand(rows, predictions) < 0.7).astype(np.float32)  # uneven counts per row
+    return {"input_ids": rs.randint(1, 99, (rows, seq)), "attention_mask": np.ones((rows, seq), np.int32),
+            "token_type_ids": np.zeros((rows, seq), np.int32),
+            "masked_lm_positions": rs.randint(0, seq, (rows, predictions)),
+            "masked_lm_ids": rs.randint(1, 99, (rows, predictions)), "masked_lm_weights": weights,
+            "next_sentence_labels": rs.randint(0, 2, (rows,))}
+
+
+def test_gradient_accumulation_equals_big_batch():
+    batch = _batch()
+    step1, state1 = _tiny_pretraining_setup(1)
+    step4, state4 = _tiny_pretraining_setup(4)
+    new1, m1 = step1(state1, batch)
+    new4, m4 = step4(state4, batch)
+    np.testing.assert_allclose(m1["loss"], m4["loss"], rtol=1e-6)
+    np.testing.assert_allclose(m1["grad_norm"], m4["grad_norm"], rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), new1.params, new4.params)
+
+
+def test_nonfinite_skip_keeps_params_and_stop_raises(corpus, tmp_path):
+    batch = _batch()
+    batch["masked_lm_weights"] = batch["masked_lm_weights"] * np.float32("nan")
+    config = bert_jax.BertConfig(**cases.TINY)
+    model = bert_jax.BertForPreTraining(config)
+    params = bert_jax.init_params(model)
+    import ml_collections
+    tx, schedule = make_optimizer(ml_collections.ConfigDict(dict(total_steps=10, warmup_steps=0)))
+    state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                             rng=jax.random.PRNGKey(1))
+    new, metrics = jax.jit(steps.make_train_step(model, tx, schedule, skip_nonfinite=True))(state, batch)
+    assert float(metrics["finite"]) == 0.0 and int(new.step) == 1
+    jax.tree.map(np.testing.assert_array_equal, new.params, params)
+
+
+def test_overrides_reach_the_run_and_rerun_resumes(corpus, tmp_path):
+    workdir = str(tmp_path / "overrides")
+    overrides = ("--config.optim.learning_rate=0.00123", "--config.seed=7")
+    _main(corpus, workdir, steps_total=4, extra=overrides)
+    written = json.load(open(os.path.join(workdir, "config.json")))
+    assert written["optim"]["learning_rate"] == 0.00123 and written["seed"] == 7
+    proc = _main(corpus, workdir, steps_total=4, extra=overrides)
+    assert "resumed from step 4" in proc.stdout + proc.stderr
+
+
+def test_restore_on_a_different_mesh(corpus, tmp_path):
+    workdir = str(tmp_path / "mesh8")
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    _main(corpus, workdir, steps_total=4, env=env, extra=("--config.mesh.ici_parallelism=(2,2,2)",
+                                                          "--config.model.num_attention_heads=2"))
+    # resume the same run on 1 device for 4 more steps
+    _main(corpus, workdir, steps_total=8, extra=("--config.model.num_attention_heads=2",))
+    step, params = _final_params(workdir)
+    assert step == 8
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
