@@ -190,13 +190,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, eval_onl
 
 
 def evaluate(eval_step, params, data, mesh, rules) -> Dict[str, float]:
-    totals = None
+    """MLM/NSP loss and accuracy on the held-out batches, plus the accuracy of always predicting the
+    most frequent masked token (the unigram baseline MLM accuracy should beat)."""
+    totals, target_counts = None, {}
     for batch in data.eval_batches():
         sums = eval_step(params, sharding.make_global_batch(batch, mesh, rules))
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+        ids, weights = np.asarray(batch["masked_lm_ids"]), np.asarray(batch["masked_lm_weights"])
+        for token in ids[weights > 0].tolist():
+            target_counts[token] = target_counts.get(token, 0) + 1
     if totals is None:
         return {}
-    return steps.summarise_eval(jax.device_get(totals))
+    result = steps.summarise_eval(jax.device_get(totals))
+    result["unigram_baseline_accuracy"] = max(target_counts.values()) / max(sum(target_counts.values()), 1)
+    return result
 
 
 def _initial_params(config, model, mesh, rules, shardings):
