@@ -250,6 +250,19 @@ def _topic_texts():
 
 @functools.lru_cache(maxsize=1)
 def _build() -> tuple:
+    """Built in a fresh, isolated interpreter: what a module exposes depends on what else the host
+    process imported or patched (pytest, jax, ...), and the corpus must not."""
+    import json
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-I", os.path.abspath(__file__)], capture_output=True, text=True,
+                          timeout=300)
+    if proc.returncode:
+        raise RuntimeError(f"building the stdlib corpus failed:\n{proc.stderr[-2000:]}")
+    return tuple(tuple(doc) for doc in json.loads(proc.stdout))
+
+
+def _build_here() -> tuple:
     seen: set = set()
     visited: set = set()
     documents = []
@@ -300,3 +313,9 @@ def write_corpus(path, max_documents: Optional[int] = None) -> str:
     with open(path, "w", encoding="utf-8", newline="\n") as f:
         f.write(corpus_text(max_documents))
     return path
+
+
+if __name__ == "__main__":  # the isolated builder run by `_build`
+    import json
+    import sys
+    json.dump([list(doc) for doc in _build_here()], sys.stdout)
