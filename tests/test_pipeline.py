@@ -265,7 +265,10 @@ def test_nsp_examples_are_create_training_instances(text_setup, tmp_path):
         assert int(example["next_sentence_labels"]) == int(instance.is_random_next)
         assert not example["attention_mask"][n:].any()
     labels = [int(e["next_sentence_labels"]) for e in examples]
-    assert 0.2 < np.mean(labels) < 0.8
+    # Both kinds occur; the exact split depends on the corpus (a document too short for a second segment
+    # always gets a random next), the 50% balance itself is tested on a controlled corpus in
+    # test_pretraining_data.
+    assert 0.2 < np.mean(labels) < 0.9
 
 
 def test_text_mlm_errors(text_setup):

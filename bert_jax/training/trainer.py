@@ -177,6 +177,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, eval_onl
                                          or done == config.total_steps):
                     last_good = done
             if preemption.requested:
+                if last_good != done:  # SIGTERM arrived after this step's save check
+                    unchecked = jax.device_get(pending)
+                    history.extend(unchecked)
+                    pending = []
+                    if config.on_nonfinite == "skip" or all(m["finite"] for m in unchecked):
+                        ckpt.save(done, state, training_data.gather_iterator_states(train_iter), force=True)
+                        last_good = done
                 break
     ckpt.close()
     writer.close()
