@@ -14,11 +14,10 @@ reST markup, heading rules and short or symbol-heavy fragments are dropped), spl
 simple regex splitter and de-duplicated (each sentence kept where it first occurs, so inherited boilerplate
 such as "Return repr(self)." appears once). The order is fixed (module list order, names sorted), so the
 corpus is identical from run to run (and process to process, whatever the hash seed) on one Python version;
-different Python versions have somewhat different docstrings. Run-time replacements of stdlib functions by
-the host program (pytest's sys.unraisablehook, ...) are seen through where the original is kept as
-`module.__name__`. With CPython 3.11.7 it holds 1,039 documents, 11,857 sentences, 166,367 words
-(~1.0 MB; `corpus_stats()`) and builds in ~1 s: enough for a 2k-8k WordPiece vocab and a few minutes of
-training of a tiny BERT.
+different Python versions have somewhat different docstrings. Hooks the host program replaced at run time
+(pytest swaps sys.unraisablehook, ...) are read from the originals Python keeps (`sys.__unraisablehook__`).
+With CPython 3.11.7 it holds 1,039 documents, 11,857 sentences, 166,367 words (~1.0 MB; `corpus_stats()`)
+and builds in ~1 s: enough for a 2k-8k WordPiece vocab and a few minutes of training of a tiny BERT.
 
     from bert_jax.data import corpus
     docs = corpus.stdlib_documents()          # list of documents, each a list of sentences

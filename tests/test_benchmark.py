@@ -1,0 +1,54 @@
+"""bert_jax.benchmark: a tiny end-to-end run (no timings asserted) and the FLOP formula."""
+
+import math
+
+import numpy as np
+import pytest
+
+from bert_jax import benchmark
+
+
+def test_tiny_benchmark_runs():
+    result = benchmark.run_benchmark(config="tiny", batch=2, seq=32, steps=2, warmup=1, modes=("train", "infer"),
+                                     heads=("sparse",), torch=False, matmul_size=256, log=lambda *a: None)
+    rows = result["rows"]
+    assert {(r["framework"], r["mode"], r["head"]) for r in rows} == {("jax", "train", "sparse"),
+                                                                      ("jax", "infer", "sparse")}
+    for r in rows:
+        assert r["step_s"] > 0 and r["seq_per_s"] > 0 and r["tokens_per_s"] > 0 and r["tflops"] > 0
+        assert r["compile_s"] is not None and r["compile_s"] > 0
+        assert r["flops_per_token"] > 0 and r["utilization"] is not None and r["utilization"] > 0
+        assert len(r["step_times"]) == 2
+    train = next(r for r in rows if r["mode"] == "train")
+    assert train["loss"] is not None and math.isfinite(train["loss"])
+    # The analytic non-embedding count is the one read off the real param tree.
+    assert result["meta"]["n_non_embedding"] == benchmark.non_embedding_params(benchmark.make_config("tiny"))
+    assert result["meta"]["masked_per_row"] == 5  # round(0.15 * 32)
+    assert "| jax | train | sparse |" in result["markdown"]
+
+
+@pytest.mark.parametrize("name, expected_gflop", [("base", 0.67), ("large", 2.04)])
+def test_flops_per_token_matches_design_note(name, expected_gflop):
+    """Design note: BERT-base ~0.67 GFLOP/token at seq 128 with a dense MLM head, BERT-large ~2.04."""
+    cfg = benchmark.make_config(name)
+    got = benchmark.flops_per_token(cfg, seq=128, mlm_positions_fraction=1.0, training=True) / 1e9
+    assert got == pytest.approx(expected_gflop, rel=0.02)
+    # Hand computation: 6 * (12 L H^2 + head H^2) + 12 L H s + 6 H V (biases/LayerNorms are <0.2%).
+    L, H, s, V = cfg.num_hidden_layers, cfg.hidden_size, 128, cfg.vocab_size
+    by_hand = (6 * (12 * L * H * H + H * H) + 12 * L * H * s + 6 * H * V) / 1e9
+    assert got == pytest.approx(by_hand, rel=0.002)
+    forward = benchmark.flops_per_token(cfg, 128, 1.0, training=False)
+    assert forward == pytest.approx(got * 1e9 / 3)
+
+
+def test_synthetic_batch_is_deterministic_and_consistent():
+    a = benchmark.synthetic_batch(3, 64, 0.15, seed=0)
+    b = benchmark.synthetic_batch(3, 64, 0.15, seed=0)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    rows = np.arange(3)[:, None]
+    pos = a["masked_positions"]
+    assert pos.shape == (3, 10) and (pos >= 1).all() and (pos <= 62).all()
+    assert (a["input_ids"][rows, pos] == benchmark.MASK_ID).all()
+    assert (a["dense_labels"][rows, pos] == a["labels"]).all()
+    assert (a["dense_labels"] != -100).sum() == pos.size
