@@ -181,6 +181,7 @@ class Row:
     mem_source: str
     loss: Optional[float]
     step_times: List[float]
+    background_cores: Optional[float] = None  # other processes' CPU use while this variant was timed
 
 
 def _time_steps(step, steps: int, warmup: int) -> List[float]:
@@ -257,6 +258,25 @@ class _PeakSampler:
             self.peak = value
 
 
+def _cpu_snapshot() -> Optional[Tuple[float, float, float]]:
+    """(wall s, busy CPU-seconds of the whole machine, CPU-seconds of this process) or None."""
+    try:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:9]]
+        busy = (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, AttributeError):
+        return None
+    t = os.times()
+    return time.monotonic(), busy, t.user + t.system
+
+
+def background_cores(start, end) -> Optional[float]:
+    """Average number of cores other processes kept busy between two `_cpu_snapshot()`s."""
+    if start is None or end is None or end[0] <= start[0]:
+        return None
+    return max(0.0, ((end[1] - start[1]) - (end[2] - start[2])) / (end[0] - start[0]))
+
+
 def cpu_model() -> str:
     """'model name' from /proc/cpuinfo, with family/model/MHz when the name alone is vague."""
     fields: Dict[str, str] = {}
@@ -289,18 +309,18 @@ def peak_tflops(device_kind: str) -> Optional[float]:
     return None
 
 
-def measure_matmul_flops(n: int = 4096, reps: int = 3) -> float:
+def measure_matmul_flops(n: int = 4096, reps: int = 5) -> float:
     """Best FLOP/s of a jitted fp32 [n, n] @ [n, n] on the default device."""
     ka, kb = jax.random.split(jax.random.PRNGKey(0))
     a = jax.random.normal(ka, (n, n), jnp.float32)
     b = jax.random.normal(kb, (n, n), jnp.float32)
     matmul = jax.jit(jnp.matmul)
     matmul(a, b).block_until_ready()
-    times = _time_steps(lambda: matmul(a, b).block_until_ready(), reps, 0)
+    times = _time_steps(lambda: matmul(a, b).block_until_ready(), reps, 1)
     return 2.0 * n ** 3 / min(times)
 
 
-def measure_torch_matmul_flops(n: int = 4096, reps: int = 3) -> Optional[float]:
+def measure_torch_matmul_flops(n: int = 4096, reps: int = 5) -> Optional[float]:
     try:
         import torch
     except ImportError:
@@ -640,6 +660,7 @@ def run_benchmark(config: str = "base", batch: int = 8, seq: int = 128, dtype: s
                 prepared[fw] = (prepare_jax(cfg, data, mode, head, seed, dropout, params_host=model_params_host)
                                 if fw == "jax" else prepare_torch(cfg, data, mode, head, seed))
             times = {fw: [] for fw in frameworks}
+            snap = _cpu_snapshot()
             if interleave:
                 for fw in frameworks:
                     _time_steps(prepared[fw].step, 0, warmup)
@@ -649,6 +670,7 @@ def run_benchmark(config: str = "base", batch: int = 8, seq: int = 128, dtype: s
             else:
                 for fw in frameworks:
                     times[fw] = _time_steps(prepared[fw].step, steps, warmup)
+            background = background_cores(snap, _cpu_snapshot())
             for fw in frameworks:
                 r = _finish(prepared.pop(fw), times[fw])
                 step_s = statistics.median(r["times"])
@@ -659,7 +681,7 @@ def run_benchmark(config: str = "base", batch: int = 8, seq: int = 128, dtype: s
                           flops_per_token=fpt, tflops=achieved / 1e12,
                           utilization=None if ref_flops is None else achieved / ref_flops,
                           peak_mem_bytes=r["peak_mem_bytes"], mem_source=r["mem_source"], loss=r["loss"],
-                          step_times=r["times"])
+                          step_times=r["times"], background_cores=background)
                 rows.append(row)
                 log(f"[benchmark]   {fw} {mode} {head}: {row.step_s * 1e3:.1f} ms/step (min "
                     f"{row.step_s_min * 1e3:.1f}), {row.seq_per_s:.2f} seq/s"
@@ -715,10 +737,12 @@ def format_markdown(result: Dict[str, Any], command: Optional[str] = None) -> st
         + (f"; torch's own {meta.get('torch_matmul_gflops', 0):.1f} GFLOP/s on the same matmul"
            if meta.get("torch_matmul_gflops") else ""),
         f"- torch side: {meta['torch_side']}",
+        "- *other load*: CPU cores kept busy by other processes while the variant was timed (from "
+        "/proc/stat minus this process); anything well above 0 means the timings are contaminated",
         "",
         f"| framework | mode | MLM head | step (ms, median) | min (ms) | seq/s | tokens/s | compile (s) "
-        f"| GFLOP/token | TFLOP/s | {util_header} | peak memory | memory source |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        f"| GFLOP/token | TFLOP/s | {util_header} | peak memory | memory source | other load (cores) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in result["rows"]:
         util = "n/a" if r["utilization"] is None else f"{100 * r['utilization']:.1f}%"
@@ -726,7 +750,8 @@ def format_markdown(result: Dict[str, Any], command: Optional[str] = None) -> st
         lines.append(
             f"| {r['framework']} | {r['mode']} | {r['head']} | {r['step_s'] * 1e3:.1f} | {r['step_s_min'] * 1e3:.1f} "
             f"| {r['seq_per_s']:.2f} | {r['tokens_per_s']:.0f} | {compile_s} | {r['flops_per_token'] / 1e9:.3f} "
-            f"| {r['tflops']:.3f} | {util} | {_fmt_bytes(r['peak_mem_bytes'])} | {r['mem_source']} |")
+            f"| {r['tflops']:.3f} | {util} | {_fmt_bytes(r['peak_mem_bytes'])} | {r['mem_source']} "
+            f"| {'n/a' if r.get('background_cores') is None else format(r['background_cores'], '.2f')} |")
     if result["ratios"]:
         lines += ["", "Throughput ratio JAX / torch (torch step time / JAX step time; median steps, and fastest "
                   "steps in brackets):", ""]
