@@ -66,11 +66,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every = 100
     c.eval_every = 2000
     c.checkpoint_every = 2000
-    c.keep_checkpoints = 3
+    c.keep_checkpoints = 3  # the newest K (exact resume); <= 0 keeps all
+    c.best_metric = ""  # eval metric whose best checkpoint is also kept (e.g. "mlm_accuracy"); "" = off
+    c.best_mode = "max"  # "max" or "min" (for a loss)
     c.async_checkpointing = True
     c.on_nonfinite = "stop"  # or "skip"
     c.init_from = ""  # HF checkpoint directory or bert_jax workdir (params only)
     c.profile_steps = 0
+    c.progress_bar = True  # tqdm on the console (process 0, only when stderr is a terminal)
+    c.peak_tflops_per_device = 0.0  # MFU denominator; 0 = the chip table in bert_jax.benchmark (none on CPU)
     return c
 
 

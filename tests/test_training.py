@@ -2,6 +2,7 @@
 accumulation, non-finite handling, restore on another mesh, command-line overrides."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -21,6 +22,9 @@ from tests import cases
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORPUS_WORDS = ("the function returns a list of values from the file and raises an error if the path does not "
                 "exist while the class stores the name of each object in a table for later use").split()
+
+
+PEAK_TFLOPS_PER_DEVICE = 1e-3  # a made-up CPU "peak" so that the loop logs an MFU to check
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +98,11 @@ def _final_params(workdir):
 def uninterrupted(corpus, tmp_path_factory):
     from bert_jax.training import trainer
     workdir = str(tmp_path_factory.mktemp("uninterrupted"))
-    result = trainer.train_and_evaluate(_config(corpus, steps_total=8), workdir)
+    # Evaluating (and ranking checkpoints) at the checkpoint steps changes nothing the other tests compare:
+    # eval reads its own loader and leaves the train state alone; steps 4 and 8 are saved either way.
+    config = _config(corpus, steps_total=8, eval_every=4, best_metric="mlm_accuracy",
+                     peak_tflops_per_device=PEAK_TFLOPS_PER_DEVICE)
+    result = trainer.train_and_evaluate(config, workdir)
     return workdir, result
 
 
@@ -106,6 +114,126 @@ def test_end_to_end_loss_decreases(uninterrupted):
     assert os.path.isdir(os.path.join(workdir, "tensorboard")) and os.listdir(os.path.join(workdir, "tensorboard"))
     assert result["step"] == 8
     assert json.load(open(os.path.join(workdir, "final_metrics.json")))["step"] == 8
+
+
+def test_mfu_is_model_flops_over_the_configured_peak(uninterrupted):
+    workdir, _ = uninterrupted
+    records = [r for r in map(json.loads, open(os.path.join(workdir, "metrics.jsonl"))) if r["split"] == "train"]
+    vocab = json.load(open(os.path.join(workdir, "model_config.json")))["vocab_size"]
+    # 6·N_non-embedding + 12·L·H·seq + 6·H·V·(P/seq) FLOPs per token, by hand (biases and LayerNorms included)
+    h, i, layers, v, seq, predictions, batch = 32, 64, 2, vocab, 32, 5, 8
+    per_layer = 4 * (h * h + h) + 2 * h + (h * i + i) + (i * h + h) + 2 * h
+    non_embedding = layers * per_layer + (h * h + h + 2 * h)
+    step_flops = (6 * non_embedding + 12 * layers * h * seq + 6 * h * v * predictions / seq) * seq * batch
+    for r in records:
+        assert r["model_tflops_per_s"] == pytest.approx(r["seq_per_s"] / batch * step_flops / 1e12, rel=1e-6)
+        assert r["mfu"] == pytest.approx(r["model_tflops_per_s"] / (PEAK_TFLOPS_PER_DEVICE * jax.device_count()),
+                                         rel=1e-6)
+
+
+def test_best_checkpoint_by_eval_metric_is_reported_and_kept(uninterrupted):
+    workdir, _ = uninterrupted
+    evals = {r["step"]: r["mlm_accuracy"] for r in map(json.loads, open(os.path.join(workdir, "metrics.jsonl")))
+             if r["split"] == "eval"}
+    assert sorted(evals) == [4, 8]
+    best = json.load(open(os.path.join(workdir, "final_metrics.json")))["best_step"]
+    assert evals[best] == max(evals.values())
+    ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), best_metric="mlm_accuracy")
+    assert best in ckpt.all_steps() and ckpt.best_step() == best
+    assert ckpt.manager.metrics(best)["mlm_accuracy"] == pytest.approx(evals[best])
+    ckpt.close()
+
+
+def test_workdir_has_hf_model_config_and_tokenizer_for_export(corpus, uninterrupted):
+    import transformers
+    from bert_jax.tokenization import BertTokenizer
+    workdir, result = uninterrupted
+    hf = transformers.BertConfig.from_json_file(os.path.join(workdir, "model_config.json"))
+    model_config = result["model"].config
+    assert hf.architectures == ["BertForPreTraining"]
+    assert (hf.hidden_size, hf.num_hidden_layers, hf.intermediate_size, hf.vocab_size, hf.max_position_embeddings) \
+        == (32, 2, 64, model_config.vocab_size, 32)
+    # config.data.vocab was given: the run still keeps a copy of its tokenizer in the workdir
+    saved = BertTokenizer.from_pretrained(os.path.join(workdir, "tokenizer"))
+    given = BertTokenizer.from_pretrained(corpus[1])
+    assert saved.vocab == given.vocab and saved.vocab_size == model_config.vocab_size
+    assert transformers.AutoTokenizer.from_pretrained(os.path.join(workdir, "tokenizer")).get_vocab() == given.vocab
+
+
+@pytest.mark.parametrize("mode", ["max", "min"])
+def test_checkpointer_keeps_latest_k_and_the_best(tmp_path, mode):
+    """keep=2 plus the best by metric: the best survives newer, worse checkpoints; restore takes the latest."""
+    sign = 1.0 if mode == "max" else -1.0
+    directory = str(tmp_path / "ckpt")
+    state = lambda step: {"w": jnp.full((3,), float(step))}
+
+    def saver():
+        return checkpoints.Checkpointer(directory, save_every=1, keep=2, best_metric="acc", best_mode=mode,
+                                        async_save=False)
+
+    ckpt = saver()
+    scores = {1: 0.1, 2: 0.9, 3: 0.3, 4: 0.5}  # steps 5 and 6 are saved without eval metrics
+    for step in range(1, 7):
+        metrics = {"acc": sign * scores[step]} if step in scores else None
+        assert ckpt.save(step, state(step), {"process_0": "{}"}, metrics=metrics)
+    assert ckpt.all_steps() == [2, 5, 6] and ckpt.best_step() == 2
+    step, restored, _ = ckpt.restore(checkpoints.abstract_like(state(0)))
+    assert step == 6 and np.asarray(restored["w"]).tolist() == [6.0] * 3
+    ckpt.close()
+    ckpt = saver()  # a resumed run reads the metrics back from disk
+    ckpt.save(7, state(7), metrics={"acc": sign * 0.95})
+    ckpt.save(8, state(8), metrics={"acc": sign * 0.2})
+    ckpt.save(9, state(9))
+    assert ckpt.all_steps() == [7, 8, 9] and ckpt.best_step() == 7
+    with pytest.raises(KeyError, match="best_metric 'acc' is not among"):
+        ckpt.save(10, state(10), metrics={"loss": 1.0})
+    ckpt.close()
+
+
+def test_progress_bar_only_on_a_terminal():
+    import io
+    from bert_jax.training.metrics import ProgressBar
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal, pipe = Terminal(), io.StringIO()
+    console = logging.StreamHandler(terminal)
+    logging.getLogger().addHandler(console)
+    try:
+        with ProgressBar(10, initial=2, stream=terminal) as bar, ProgressBar(10, stream=pipe) as piped:
+            for _ in range(8):
+                bar.advance()
+                piped.advance()
+            bar.show({"loss": 1.2345678, "mlm_accuracy": 0.5, "seq_per_s": 321.0, "grad_norm": 3.0})
+            piped.show({"loss": 1.0})
+            logging.getLogger("bert_jax.test").warning("a log line while the bar is shown")
+        assert logging.getLogger().handlers[-1] is console  # the console handler is back after the bar
+    finally:
+        logging.getLogger().removeHandler(console)
+    shown = terminal.getvalue()
+    assert "10/10" in shown and "loss=1.235" in shown and "mlm_acc=0.5" in shown and "seq/s=321" in shown
+    assert "grad_norm" not in shown and pipe.getvalue() == ""
+    assert shown.count("a log line while the bar is shown\n") == 1
+    quiet = Terminal()
+    with ProgressBar(10, stream=quiet, enabled=False) as off:
+        off.advance()
+    assert quiet.getvalue() == ""
+
+
+def test_peak_flops_of_devices():
+    from types import SimpleNamespace
+    from bert_jax.training.metrics import peak_flops_per_second, utilisation
+    h100 = [SimpleNamespace(platform="gpu", device_kind="NVIDIA H100 80GB HBM3")] * 8
+    assert peak_flops_per_second(h100) == pytest.approx(8 * 989e12)
+    assert peak_flops_per_second(jax.devices("cpu")) is None  # no peak for CPUs: no MFU
+    assert peak_flops_per_second(jax.devices("cpu")[:1], 2.0) == 2e12
+    assert peak_flops_per_second([SimpleNamespace(platform="gpu", device_kind="Some New GPU")]) is None
+    assert utilisation(1e12, 2.0, None) == {"model_tflops_per_s": 2.0}
+    assert utilisation(1e12, 2.0, 8e12) == {"model_tflops_per_s": 2.0, "mfu": 0.25}
+    with pytest.raises(ValueError, match="peak_tflops_per_device"):
+        peak_flops_per_second(h100, -1.0)
 
 
 def test_sigkill_then_resume_is_bit_exact(corpus, uninterrupted, tmp_path):
@@ -227,8 +355,12 @@ def test_overrides_reach_the_run_and_rerun_resumes(corpus, tmp_path):
     _main(corpus, workdir, steps_total=4, extra=overrides)
     written = json.load(open(os.path.join(workdir, "config.json")))
     assert written["optim"]["learning_rate"] == 0.00123 and written["seed"] == 7
+    finished = open(os.path.join(workdir, "final_metrics.json")).read()
+    assert json.loads(finished)["train"]["loss"] > 0
     proc = _main(corpus, workdir, steps_total=4, extra=overrides)
     assert "resumed from step 4" in proc.stdout + proc.stderr
+    # nothing left to train: the finished run's metrics are kept, not replaced by empty ones
+    assert open(os.path.join(workdir, "final_metrics.json")).read() == finished
 
 
 def test_restore_on_a_different_mesh(corpus, tmp_path):

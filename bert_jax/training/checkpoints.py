@@ -12,10 +12,11 @@ input pipeline's iterator state.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Mapping, Optional, Tuple
 
 import jax
 import orbax.checkpoint as ocp
@@ -26,27 +27,51 @@ STATE, DATA = "state", "data"
 
 
 class Checkpointer:
-    """A thin layer over `orbax.checkpoint.CheckpointManager` for (train state, iterator state)."""
+    """A thin layer over `orbax.checkpoint.CheckpointManager` for (train state, iterator state).
+
+    Retention: the newest `keep` checkpoints (exact resume always has the latest; `keep <= 0` keeps
+    all) and, with `best_metric`, also the best one by that metric among the checkpoints saved with
+    metrics (orbax's `AnyPreservationPolicy(LatestN, BestN)`). orbax's own `max_to_keep` + `best_fn`
+    would instead keep the `keep` best, so a newer but worse checkpoint could be deleted and resume
+    would go back in time."""
 
     def __init__(self, directory: str, *, save_every: int = 1000, keep: int = 3, best_metric: Optional[str] = None,
                  best_mode: str = "max", async_save: bool = True):
+        if best_mode not in ("max", "min"):
+            raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
         self.directory = os.path.abspath(directory)
-        self.best_metric = best_metric
+        self.best_metric = best_metric or None
+        latest = ocp.checkpoint_managers.LatestN(n=keep if keep and keep > 0 else None)
+        policy = latest
+        best_fn = None
+        if self.best_metric:
+            best_fn = functools.partial(_metric_value, self.best_metric)
+            policy = ocp.checkpoint_managers.AnyPreservationPolicy([latest, ocp.checkpoint_managers.BestN(
+                get_metric_fn=best_fn, reverse=best_mode == "min", n=1, keep_checkpoints_without_metrics=False)])
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, save_interval_steps=save_every, enable_async_checkpointing=async_save,
-            best_fn=(lambda metrics: metrics[best_metric]) if best_metric else None,
-            best_mode=best_mode, keep_checkpoints_without_metrics=True, create=True)
+            save_interval_steps=save_every, enable_async_checkpointing=async_save, preservation_policy=policy,
+            best_fn=best_fn, best_mode=best_mode, create=True)  # best_fn/best_mode: for best_step()
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=(STATE, DATA))
 
     # -------------------------------------------------------------------------------------------
     def save(self, step: int, state: Any, data_state: Optional[dict] = None, metrics: Optional[dict] = None,
              force: bool = False) -> bool:
-        """Starts an (async) save if `step` is due (or `force`). Returns whether it saved."""
+        """Starts an (async) save if `step` is due (or `force`). Returns whether it saved.
+
+        `metrics` (e.g. the eval metrics of this step) rank the checkpoint for best-keeping; without
+        them a checkpoint is kept only while it is among the newest `keep`."""
+        if metrics is not None and self.best_metric:
+            _metric_value(self.best_metric, metrics)  # a clear error now, not inside orbax's cleanup
+            metrics = {k: float(v) for k, v in metrics.items()}
         args = ocp.args.Composite(**{STATE: ocp.args.StandardSave(state),
                                      DATA: ocp.args.JsonSave(data_state or {})})
-        if self.best_metric and metrics is None:
-            metrics = None  # orbax keeps checkpoints without metrics (keep_checkpoints_without_metrics)
         return self.manager.save(step, args=args, metrics=metrics, force=force)
+
+    def best_step(self) -> Optional[int]:
+        """Step of the best checkpoint by `best_metric` (None without best tracking or metrics yet)."""
+        if not self.best_metric:
+            return None
+        return self.manager.best_step()
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -95,6 +120,12 @@ class Checkpointer:
         self.manager.close()
 
 
+def _metric_value(name: str, metrics: Mapping[str, Any]) -> float:
+    if name not in metrics:
+        raise KeyError(f"best_metric {name!r} is not among the eval metrics {sorted(metrics)}")
+    return float(metrics[name])
+
+
 def abstract_like(tree: Any) -> Any:
     """Tree of ShapeDtypeStructs (with shardings) for a tree of arrays."""
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
@@ -106,14 +137,22 @@ def restore_params(directory: str, abstract_params: Any, step: Optional[int] = N
     steps = [step] if step is not None else sorted(manager.all_steps())[-1:]
     if not steps:
         raise FileNotFoundError(f"no bert_jax checkpoint in {directory}")
-    metadata = manager.item_metadata(steps[0])[STATE]
-    # Restore only the params subtree; everything else stays on disk.
-    target = jax.tree.map(lambda m: m, dict(metadata))
-    restored = manager.restore(steps[0], args=ocp.args.Composite(**{
-        STATE: ocp.args.PyTreeRestore(item={"params": abstract_params}, partial_restore=True)}))
+    # Restore only the params subtree; everything else stays on disk. (item_metadata is None here: the
+    # manager has no handler registered for `state` until restore names one.)
+    item = {"params": abstract_params}
+    # Onto the target's shardings when it has them (orbax's fallback, the saved sharding file, is only safe on
+    # the topology that saved it).
+    sharded = all(getattr(x, "sharding", None) is not None for x in jax.tree.leaves(abstract_params))
+    restored = manager.restore(steps[0], args=ocp.args.Composite(**{STATE: ocp.args.PyTreeRestore(
+        item=item, partial_restore=True,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(item) if sharded else None)}))
     manager.close()
-    del target
     return restored[STATE]["params"]
+
+
+def read_json(path: str) -> Any:
+    with open(path) as f:
+        return json.load(f)
 
 
 def write_json(path: str, value: Any) -> None:

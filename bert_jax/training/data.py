@@ -40,11 +40,20 @@ class PretrainingData:
 
 def _tokenizer(config, workdir: str, documents) -> BertTokenizer:
     """config.data.vocab, or the run's own vocab in workdir/tokenizer (trained once, reused on resume:
-    WordPiece training is not bit-reproducible)."""
+    WordPiece training is not bit-reproducible). On several hosts only process 0 reads or trains the
+    vocab and sends it to the others, so every host tokenizes with the same vocab and none reads a
+    half-written file (hosts need not share a filesystem)."""
     if config.data.vocab:
         path = config.data.vocab
         return BertTokenizer.from_vocab(path, lowercase=config.data.lowercase) if os.path.isfile(path) \
             else BertTokenizer.from_pretrained(path)
+    tokenizer = _own_tokenizer(config, workdir, documents) if jax.process_index() == 0 else None
+    if jax.process_count() > 1:
+        tokenizer = _broadcast_vocab(tokenizer, config.data.lowercase)
+    return tokenizer
+
+
+def _own_tokenizer(config, workdir: str, documents) -> BertTokenizer:
     saved = os.path.join(workdir, "tokenizer")
     if os.path.isfile(os.path.join(saved, "vocab.txt")):
         return BertTokenizer.from_pretrained(saved)
@@ -52,9 +61,29 @@ def _tokenizer(config, workdir: str, documents) -> BertTokenizer:
         raise ValueError("config.data.vocab is required for this data source (no text to train a vocab on)")
     tokenizer = train_wordpiece((s for doc in documents for s in doc), vocab_size=config.data.vocab_size,
                                 lowercase=config.data.lowercase)
-    if jax.process_index() == 0:
-        tokenizer.save(saved)
+    tokenizer.save(saved)
     return tokenizer
+
+
+def _broadcast_vocab(tokenizer: Optional[BertTokenizer], lowercase: bool) -> BertTokenizer:
+    """Process 0's vocab on every process (a collective: all processes must call it)."""
+    import tempfile
+
+    from jax.experimental import multihost_utils
+    payload = b""
+    if tokenizer is not None:
+        payload = "\n".join(token for token, _ in sorted(tokenizer.vocab.items(), key=lambda kv: kv[1])).encode()
+    size = int(multihost_utils.broadcast_one_to_all(np.int32(len(payload))))
+    buffer = np.zeros(size, np.uint8)
+    buffer[:len(payload)] = np.frombuffer(payload, np.uint8)
+    received = bytes(np.asarray(multihost_utils.broadcast_one_to_all(buffer)).astype(np.uint8))
+    if tokenizer is not None:
+        return tokenizer
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "vocab.txt")
+        with open(path, "wb") as f:
+            f.write(received + b"\n")
+        return BertTokenizer.from_vocab(path, lowercase=lowercase)
 
 
 def _documents(source: str):

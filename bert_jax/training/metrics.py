@@ -1,13 +1,20 @@
 """Metrics to TensorBoard event files (tensorboardX: clu's writers need TensorFlow), a JSON-lines
-file and the console. Only process 0 writes."""
+file and the console (log lines plus a tqdm progress bar). Only process 0 writes.
+
+Also the utilisation arithmetic the loop logs: model FLOP/s over the peak FLOP/s of the devices in
+use (MFU). The per-chip peak table lives in `bert_jax.benchmark` (one table for the benchmark and
+the loop); CPUs have no entry, so on CPU MFU is logged only when the config names a peak.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import sys
 import time
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
 
 import jax
 import numpy as np
@@ -62,3 +69,100 @@ def format_metrics(step: int, total: int, metrics: Mapping[str, float]) -> str:
             value = float(metrics[key])
             parts.append(f"{key} {value:.3g}" if key in ("learning_rate", "mfu") else f"{key} {value:.4g}")
     return "  ".join(parts)
+
+
+# ------------------------------------------------------------------------------------ utilisation
+def peak_flops_per_second(devices: Sequence[jax.Device], tflops_per_device: float = 0.0) -> Optional[float]:
+    """Peak FLOP/s of `devices` together: `tflops_per_device` when > 0, else the per-chip (bf16 dense)
+    table in `bert_jax.benchmark`. None when neither knows the chip (CPUs, unlisted accelerators):
+    no peak, no MFU, rather than a made-up number."""
+    if tflops_per_device < 0:
+        raise ValueError(f"peak_tflops_per_device must be >= 0 (0 = look the chip up), got {tflops_per_device}")
+    if not devices:
+        raise ValueError("peak_flops_per_second needs at least one device")
+    if tflops_per_device > 0:
+        return tflops_per_device * 1e12 * len(devices)
+    from bert_jax.benchmark import peak_tflops  # the one table of chip peaks
+    kinds = {(d.platform, d.device_kind) for d in devices}
+    if len(kinds) != 1:
+        return None  # mixed chips: no single peak
+    platform, kind = kinds.pop()
+    peak = None if platform == "cpu" else peak_tflops(kind)
+    return None if peak is None else peak * 1e12 * len(devices)
+
+
+def utilisation(model_flops_per_step: float, steps_per_s: float, peak_flops: Optional[float]) -> dict:
+    """{'model_tflops_per_s', and 'mfu' when the peak is known} for a measured step rate."""
+    achieved = model_flops_per_step * steps_per_s
+    out = {"model_tflops_per_s": achieved / 1e12}
+    if peak_flops:
+        out["mfu"] = achieved / peak_flops
+    return out
+
+
+# ---------------------------------------------------------------------------------- progress bar
+class _AboveTheBar(logging.Handler):
+    """Wraps a handler so that its output lands above the bar: tqdm clears the bar, the wrapped
+    handler writes (a StreamHandler, absl's handler that picks its stream per record, a file),
+    then tqdm redraws the bar."""
+
+    def __init__(self, inner: logging.Handler, tqdm_class, stream):
+        super().__init__()
+        self.inner, self._tqdm, self._stream = inner, tqdm_class, stream
+
+    def emit(self, record):
+        with self._tqdm.external_write_mode(file=self._stream):
+            self.inner.handle(record)
+
+
+@contextlib.contextmanager
+def _log_above_the_bar(tqdm_class, stream):
+    root = logging.getLogger()
+    original = list(root.handlers)
+    root.handlers = [_AboveTheBar(h, tqdm_class, stream) for h in original]
+    try:
+        yield
+    finally:
+        root.handlers = original
+
+
+class ProgressBar:
+    """A tqdm bar over the training steps with the latest loss / accuracy / seq/s as its postfix.
+
+    Shown only when `enabled` (process 0, config switch) and stderr is a terminal, so logs of
+    batch jobs stay free of carriage-return noise; while it is shown, log lines appear above it.
+    Disabled, every method is a no-op."""
+
+    POSTFIX = (("loss", "loss"), ("mlm_accuracy", "mlm_acc"), ("accuracy", "acc"), ("seq_per_s", "seq/s"))
+
+    def __init__(self, total: int, initial: int = 0, enabled: bool = True, stream=None):
+        stream = sys.stderr if stream is None else stream
+        self.enabled = bool(enabled) and hasattr(stream, "isatty") and stream.isatty()
+        self._bar = None
+        self._redirect = contextlib.ExitStack()
+        if self.enabled:
+            from tqdm import tqdm
+            self._bar = tqdm(total=total, initial=initial, file=stream, unit="step", dynamic_ncols=True,
+                             smoothing=0.1)
+            self._redirect.enter_context(_log_above_the_bar(tqdm, stream))
+
+    def advance(self, steps: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.update(steps)
+
+    def show(self, metrics: Mapping[str, float]) -> None:
+        if self._bar is not None:
+            self._bar.set_postfix({short: f"{float(metrics[key]):.4g}" for key, short in self.POSTFIX
+                                   if key in metrics}, refresh=False)
+
+    def close(self) -> None:
+        self._redirect.close()
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

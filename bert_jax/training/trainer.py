@@ -7,11 +7,13 @@ little over the bare step.
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import logging
 import os
 import signal
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import jax
 import jax.numpy as jnp
@@ -56,15 +58,26 @@ class _Preemption:
 
 
 def flops_per_token(config: BertConfig, seq_len: int, mlm_fraction: float) -> float:
-    """Training FLOPs per token: 6·N_non-embedding + 12·L·hidden·seq + 6·hidden·vocab·f."""
-    h, layers, inter = config.hidden_size, config.num_hidden_layers, config.intermediate_size
-    per_layer = 4 * h * h + 2 * h * inter
-    non_embedding = layers * per_layer + h * h  # + the MLM transform dense
-    return 6 * non_embedding + 12 * layers * h * seq_len + 6 * h * config.vocab_size * mlm_fraction
+    """Training FLOPs per token: 6·N_non-embedding + 12·L·hidden·seq + 6·hidden·vocab·f (the
+    benchmark's count, so the loop's MFU and the benchmark's agree)."""
+    from bert_jax.benchmark import flops_per_token as benchmark_flops_per_token
+    return benchmark_flops_per_token(config, seq_len, mlm_fraction, training=True)
 
 
 def build_model(config: ml_collections.ConfigDict, model_config: BertConfig):
     return BertForPreTraining(model_config) if config.objective == "mlm_nsp" else BertForMaskedLM(model_config)
+
+
+def write_model_files(workdir: str, config: ml_collections.ConfigDict, model_config: BertConfig,
+                      tokenizer: Optional[Any]) -> None:
+    """What `bert_jax.export` reads besides the checkpoints: `model_config.json` (the HF config, with
+    the pretraining architecture) and `tokenizer/` (kept if already there: the run's own trained
+    vocab, or the one from an earlier start of this run)."""
+    architecture = "BertForPreTraining" if config.objective == "mlm_nsp" else "BertForMaskedLM"
+    checkpoints.write_json(os.path.join(workdir, "model_config.json"), model_config.to_hf([architecture]))
+    saved = os.path.join(workdir, "tokenizer")
+    if tokenizer is not None and not os.path.isfile(os.path.join(saved, "vocab.txt")):
+        tokenizer.save(saved)
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
@@ -72,15 +85,33 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> Dict
     return train_and_evaluate(config, workdir, eval_only=True)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, eval_only: bool = False) -> Dict[str, Any]:
-    """Runs (or resumes) the run in `workdir`; returns the final train and eval metrics."""
-    sharding.maybe_initialize_distributed()
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
-    is_main = jax.process_index() == 0
-    if is_main:
-        checkpoints.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+def _check_loop_config(config: ml_collections.ConfigDict) -> None:
+    for key in ("log_every", "checkpoint_every"):
+        if config[key] <= 0:
+            raise ValueError(f"config.{key} must be > 0, got {config[key]}")
+    if config.get("best_metric") and not config.eval_every:
+        raise ValueError(f"config.best_metric={config.best_metric!r} needs evaluations: set config.eval_every > 0")
+    if config.on_nonfinite not in ("stop", "skip"):
+        raise ValueError(f"config.on_nonfinite must be 'stop' or 'skip', got {config.on_nonfinite!r}")
 
+
+@dataclasses.dataclass
+class Run:
+    """Everything a pretraining run computes with, before any checkpoint is restored."""
+    mesh: jax.sharding.Mesh
+    rules: Any
+    data: training_data.PretrainingData
+    model_config: BertConfig
+    model: Any  # BertForPreTraining | BertForMaskedLM
+    state: steps.TrainState  # freshly initialised (or from config.init_from), sharded on `mesh`
+    train_step: Callable  # jitted (state, global batch) -> (state, metrics); donates the state
+    eval_step: Callable  # jitted (params, global batch) -> sums
+    step_flops: float  # model FLOPs of one training step (global batch)
+
+
+def build_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
+    """Mesh, input pipeline, model, optimizer, initial state and the jitted steps for `config`
+    (shared by `train_and_evaluate` and benchmarks/loop_overhead.py, which times the bare step)."""
     mesh = sharding.create_mesh(sharding.MeshConfig(ici_parallelism=tuple(config.mesh.ici_parallelism),
                                                     dcn_parallelism=tuple(config.mesh.dcn_parallelism)))
     rules = sharding.rules_from_config(config.mesh.get("rules") or None)
@@ -97,12 +128,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, eval_onl
     opt_state = sharding.sharded_optimizer_init(tx, params)
     replicated = NamedSharding(mesh, PartitionSpec())
     state = steps.TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), replicated), params=params,
-                             opt_state=opt_state,
-                             rng=jax.device_put(jax.random.PRNGKey(config.seed), replicated))
+                             opt_state=opt_state, rng=jax.device_put(jax.random.PRNGKey(config.seed), replicated))
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
+    train_step = jax.jit(steps.make_train_step(model, tx, schedule, micro_batches=config.get("micro_batches", 1),
+                                               skip_nonfinite=config.on_nonfinite == "skip"),
+                         in_shardings=(state_shardings, sharding.batch_sharding(mesh, rules)),
+                         out_shardings=(state_shardings, None), donate_argnums=0)
+    eval_step = jax.jit(steps.make_eval_step(model))
+    seq_len = config.data.seq_len
+    step_flops = (flops_per_token(model_config, seq_len, config.data.max_predictions / seq_len)
+                  * seq_len * config.data.global_batch_size)
+    return Run(mesh, rules, data, model_config, model, state, train_step, eval_step, step_flops)
 
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, eval_only: bool = False) -> Dict[str, Any]:
+    """Runs (or resumes) the run in `workdir`; returns the final train and eval metrics.
+
+    Writes into `workdir`: config.json (the effective config), model_config.json + tokenizer/ (for
+    export), checkpoints/, metrics.jsonl, tensorboard/ and, at the end, final_metrics.json."""
+    _check_loop_config(config)
+    sharding.maybe_initialize_distributed()
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    is_main = jax.process_index() == 0
+    if is_main:
+        checkpoints.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+
+    run = build_run(config, workdir)
+    if is_main:
+        write_model_files(workdir, config, run.model_config, run.data.tokenizer)
+    mesh, rules, data, model, state = run.mesh, run.rules, run.data, run.model, run.state
+
+    best_metric = config.get("best_metric", "") or None
     ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=config.checkpoint_every,
-                                    keep=config.keep_checkpoints, async_save=config.get("async_checkpointing", True))
+                                    keep=config.keep_checkpoints, async_save=config.get("async_checkpointing", True),
+                                    best_metric=best_metric, best_mode=config.get("best_mode", "max"))
     train_iter = iter(data.train_loader)
     restored = ckpt.restore(checkpoints.abstract_like(state))
     if restored is not None:
@@ -114,15 +174,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, eval_onl
         raise FileNotFoundError(f"no checkpoint to evaluate in {ckpt.directory}")
     start_step = int(state.step)
 
-    micro = config.get("micro_batches", 1)
-    train_step = jax.jit(steps.make_train_step(model, tx, schedule, micro_batches=micro,
-                                               skip_nonfinite=config.on_nonfinite == "skip"),
-                         in_shardings=(state_shardings, sharding.batch_sharding(mesh, rules)),
-                         out_shardings=(state_shardings, None), donate_argnums=0)
-    eval_step = jax.jit(steps.make_eval_step(model))
+    train_step, eval_step, step_flops = run.train_step, run.eval_step, run.step_flops
     writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
     seq_len, batch_size = config.data.seq_len, config.data.global_batch_size
-    model_flops = flops_per_token(model_config, seq_len, config.data.max_predictions / seq_len) * seq_len * batch_size
+    peak_flops = metrics_lib.peak_flops_per_second(list(mesh.devices.flat), config.get("peak_tflops_per_device", 0.0))
 
     if eval_only:
         with sharding.activation_context(mesh, rules):
@@ -131,69 +186,96 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, eval_onl
         logger.info("eval of step %d: %s", start_step, eval_metrics)
         return {"step": start_step, "train": {}, "eval": eval_metrics, "preempted": False, "state": state,
                 "model": model, "data": data}
-    history, pending, last_log = [], [], time.time()
+
+    pending = []  # metrics of steps in flight (device arrays), fetched at log/eval/save points
+    window = collections.deque(maxlen=config.log_every)  # fetched metrics of the latest steps
+    synced, skipped = start_step, 0  # steps whose metrics were fetched; skipped (non-finite) since the last log
+    last_log, paused = time.perf_counter(), 0.0  # paused: eval seconds, left out of seq/s
     last_good = ckpt.latest_step()
     train_metrics: Dict[str, float] = {}
     eval_metrics: Dict[str, float] = {}
     profile_at = config.get("profile_steps", 0)
-    with sharding.activation_context(mesh, rules), _Preemption() as preemption:
+    progress = metrics_lib.ProgressBar(config.total_steps, initial=start_step,
+                                       enabled=is_main and config.get("progress_bar", True))
+    with sharding.activation_context(mesh, rules), _Preemption() as preemption, progress:
         for step in range(start_step, config.total_steps):
             if profile_at and step == start_step + 2:
                 jax.profiler.start_trace(os.path.join(workdir, "profile"))
             batch = sharding.make_global_batch(next(train_iter), mesh, rules)
             state, step_metrics = train_step(state, batch)
             pending.append(step_metrics)
+            progress.advance()
             if profile_at and step == start_step + 2 + profile_at:
                 jax.profiler.stop_trace()
             done = step + 1
-            is_log = done % config.log_every == 0 or done == config.total_steps
-            is_save = done % config.checkpoint_every == 0 or done == config.total_steps or preemption.requested
-            if is_log or is_save:
-                fetched = jax.device_get(pending)
-                bad = [start_step + len(history) + i + 1 for i, m in enumerate(fetched) if not m["finite"]]
-                history.extend(fetched)
-                pending = []
-                if bad and config.on_nonfinite == "stop":
-                    ckpt.wait()
-                    raise NonFiniteError(f"non-finite loss or gradients at step {bad[0]}; last good checkpoint: "
-                                         f"{last_good if last_good is not None else 'none'} in {ckpt.directory}")
-                if is_log:
-                    elapsed, last_log = time.time() - last_log, time.time()
-                    recent = fetched[-min(len(fetched), config.log_every):]
-                    train_metrics = {k: float(np.mean([m[k] for m in recent])) for k in recent[0]}
-                    train_metrics.update(seq_per_s=len(fetched) * batch_size / max(elapsed, 1e-9),
-                                         tokens_per_s=len(fetched) * batch_size * seq_len / max(elapsed, 1e-9),
-                                         skipped_steps=float(len(bad)))
-                    train_metrics["model_tflops_per_s"] = train_metrics["seq_per_s"] / batch_size * model_flops / 1e12
-                    writer.write(done, train_metrics)
-                    if is_main:
-                        logger.info(metrics_lib.format_metrics(done, config.total_steps, train_metrics))
-                if config.eval_every and (done % config.eval_every == 0 or done == config.total_steps):
-                    eval_metrics = evaluate(eval_step, state.params, data, mesh, rules)
-                    writer.write(done, eval_metrics, prefix="eval")
-                    if is_main:
-                        logger.info("eval at step %d: %s", done, {k: round(v, 4) for k, v in eval_metrics.items()})
-                if is_save and ckpt.save(done, state, training_data.gather_iterator_states(train_iter), force=preemption.requested
-                                         or done == config.total_steps):
-                    last_good = done
+            is_last = done == config.total_steps
+            is_log = done % config.log_every == 0 or is_last
+            is_eval = bool(config.eval_every) and (done % config.eval_every == 0 or is_last)
+            rank = is_eval and best_metric is not None  # every evaluated state is a best candidate: save it
+            must_save = is_last or preemption.requested or rank
+            is_save = must_save or done % config.checkpoint_every == 0
+            if not (is_log or is_save or is_eval):
+                continue  # the step stays in flight: no host sync between log points
+            fetched = jax.device_get(pending)
+            bad = [synced + i + 1 for i, m in enumerate(fetched) if not m["finite"]]
+            window.extend(fetched)
+            synced, skipped, pending = synced + len(fetched), skipped + len(bad), []
+            if bad and config.on_nonfinite == "stop":
+                ckpt.wait()
+                raise NonFiniteError(f"non-finite loss or gradients at step {bad[0]}; last good checkpoint: "
+                                     f"{last_good if last_good is not None else 'none'} in {ckpt.directory}")
+            if is_log:
+                now = time.perf_counter()
+                elapsed, last_log, paused = max(now - last_log - paused, 1e-9), now, 0.0
+                train_metrics = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+                steps_per_s = _steps_since_last_log(done, config.log_every, start_step) / elapsed
+                train_metrics.update(seq_per_s=steps_per_s * batch_size,
+                                     tokens_per_s=steps_per_s * batch_size * seq_len, skipped_steps=float(skipped),
+                                     **metrics_lib.utilisation(step_flops, steps_per_s, peak_flops))
+                skipped = 0
+                writer.write(done, train_metrics)
+                progress.show(train_metrics)
+                if is_main:
+                    logger.info(metrics_lib.format_metrics(done, config.total_steps, train_metrics))
+            if is_eval:
+                eval_start = time.perf_counter()
+                eval_metrics = evaluate(eval_step, state.params, data, mesh, rules)
+                writer.write(done, eval_metrics, prefix="eval")
+                if is_main:
+                    logger.info("eval at step %d: %s", done, {k: round(v, 4) for k, v in eval_metrics.items()})
+                paused += time.perf_counter() - eval_start
+            if is_save and ckpt.save(done, state, training_data.gather_iterator_states(train_iter),
+                                     metrics=eval_metrics if rank else None, force=must_save):
+                last_good = done
             if preemption.requested:
                 if last_good != done:  # SIGTERM arrived after this step's save check
                     unchecked = jax.device_get(pending)
-                    history.extend(unchecked)
                     pending = []
                     if config.on_nonfinite == "skip" or all(m["finite"] for m in unchecked):
                         ckpt.save(done, state, training_data.gather_iterator_states(train_iter), force=True)
                         last_good = done
                 break
+    ckpt.wait()
+    final_path = os.path.join(workdir, "final_metrics.json")
+    if start_step >= config.total_steps and os.path.isfile(final_path):
+        # Rerun of a finished run: nothing trained, so the finished run's metrics stay as they are.
+        final = checkpoints.read_json(final_path)
+    else:
+        final = {"step": int(state.step), "train": train_metrics, "eval": eval_metrics,
+                 "preempted": preemption.requested}
+        if best_metric:
+            final["best_step"] = ckpt.best_step()
+        if is_main:
+            checkpoints.write_json(final_path, final)
     ckpt.close()
     writer.close()
-    result = {"step": int(state.step), "train": train_metrics, "eval": eval_metrics,
-              "preempted": preemption.requested, "state": state, "model": model, "data": data}
-    if is_main:
-        checkpoints.write_json(os.path.join(workdir, "final_metrics.json"),
-                               {"step": result["step"], "train": train_metrics, "eval": eval_metrics,
-                                "preempted": preemption.requested})
-    return result
+    return dict(final, state=state, model=model, data=data)
+
+
+def _steps_since_last_log(done: int, log_every: int, start_step: int) -> int:
+    """Steps run since the previous log line (the first line after a (re)start counts from the start)."""
+    previous = max(start_step, (done - 1) // log_every * log_every)
+    return max(done - previous, 1)
 
 
 def evaluate(eval_step, params, data, mesh, rules) -> Dict[str, float]:
