@@ -71,6 +71,7 @@ MODULES = (
     "xml.sax.handler", "xml.sax.saxutils", "xml.sax.xmlreader", "xmlrpc.client", "xmlrpc.server", "zipapp",
     "zipfile", "zipimport", "zlib", "zoneinfo",
 )
+TOPICS_SOURCE = "pydoc_data.topics"  # the source name of the help() reference topics' documents
 # Functions some modules re-export from their C implementation module.
 _ALIASES = {"os": ("posix", "nt"), "os.path": ("posixpath", "ntpath", "genericpath")}
 
@@ -248,7 +249,7 @@ def _topic_texts():
 
 
 @functools.lru_cache(maxsize=1)
-def _build() -> tuple:
+def _build_labelled() -> tuple:
     """Built in a fresh, isolated interpreter: what a module exposes depends on what else the host
     process imported or patched (pytest, jax, ...), and the corpus must not."""
     import json
@@ -258,20 +259,30 @@ def _build() -> tuple:
                           timeout=300)
     if proc.returncode:
         raise RuntimeError(f"building the stdlib corpus failed:\n{proc.stderr[-2000:]}")
-    return tuple(tuple(doc) for doc in json.loads(proc.stdout))
+    return tuple((source, tuple(doc)) for source, doc in json.loads(proc.stdout))
 
 
-def _build_here() -> tuple:
+def _build() -> tuple:
+    return tuple(doc for _, doc in _build_labelled())
+
+
+def _build_labelled_here() -> tuple:
+    """((source, sentences), ...): source is the module a document's docstrings come from, or
+    TOPICS_SOURCE for the help() reference topics."""
     seen: set = set()
     visited: set = set()
     documents = []
-    sources = [texts for name in MODULES for texts in _walk_module(name, visited)]
-    sources.extend(_topic_texts())
-    for texts in sources:
+    sources = [(name, texts) for name in MODULES for texts in _walk_module(name, visited)]
+    sources.extend((TOPICS_SOURCE, texts) for texts in _topic_texts())
+    for source, texts in sources:
         sentences = _document_sentences(texts, seen)
         if sentences:
-            documents.append(tuple(sentences))
+            documents.append((source, tuple(sentences)))
     return tuple(documents)
+
+
+def _build_here() -> tuple:
+    return tuple(doc for _, doc in _build_labelled_here())
 
 
 def stdlib_documents(max_documents: Optional[int] = None) -> list[list[str]]:
@@ -284,6 +295,14 @@ def stdlib_documents(max_documents: Optional[int] = None) -> list[list[str]]:
     if max_documents is not None:
         documents = documents[:int(max_documents)]
     return [list(d) for d in documents]
+
+
+def stdlib_labelled_documents(max_documents: Optional[int] = None) -> list[tuple[str, list[str]]]:
+    """`stdlib_documents()` with the module each document comes from: [(module name, sentences)]
+    ("asyncio.tasks", "email.message", ...; TOPICS_SOURCE for the reference topics)."""
+    labelled = _build_labelled()
+    documents = stdlib_documents(max_documents)
+    return [(source, doc) for (source, _), doc in zip(labelled, documents)]
 
 
 def stdlib_sentences(max_documents: Optional[int] = None) -> list[str]:
@@ -317,4 +336,4 @@ def write_corpus(path, max_documents: Optional[int] = None) -> str:
 if __name__ == "__main__":  # the isolated builder run by `_build`
     import json
     import sys
-    json.dump([list(doc) for doc in _build_here()], sys.stdout)
+    json.dump([[source, list(doc)] for source, doc in _build_labelled_here()], sys.stdout)

@@ -1,0 +1,41 @@
+"""Fine-tuning on your own CSV / TSV / JSONL data: classification, regression or multi-label.
+
+Usage: python -m bert_jax.main --config=configs/classify.py --config.init_from=HF_BERT_DIR \
+           --config.task.train_file=train.csv --config.task.validation_file=dev.csv \
+           --config.task.text_column=text --config.task.label_column=label --workdir=WORKDIR
+Optional: --config.task.text_pair_column=... (sentence pairs), --config.task.problem_type=regression |
+multi_label, --config.task.label_names=neg,pos (id order; default: sorted labels of the train file),
+--config.task.test_file=... with --config.mode=predict (writes predictions_test.tsv).
+Arguments (comma-separated key=value): problem_type, runlocal. Batch 32, lr 2e-5, 3 epochs, 10% warmup,
+max_seq_length 128.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import finetune  # noqa: E402  (configs/ is not a package)
+import pretrain  # noqa: E402
+
+
+def get_config(arg: str = ""):
+    args = finetune.parse_arg(arg)
+    c = finetune.base_config("classify")
+    c.task.update(dict(
+        source="files",
+        train_file="", validation_file="", test_file="",
+        file_format="",  # csv | tsv | jsonl; empty: from the file extension
+        text_column="text", text_pair_column="", label_column="label",
+        problem_type=args.get("problem_type", "single_label"),  # single_label | regression | multi_label
+        label_names="",  # comma-separated, in id order; empty: sorted labels of the train file
+        label_delimiter=","))  # multi_label labels given as one string: "sports,politics"
+    c.data.update(max_seq_length=128, global_batch_size=32, eval_batch_size=64)
+    c.optim.update(learning_rate=2e-5, warmup_fraction=0.1)
+    c.num_epochs = 3.0
+    if args.get("runlocal") in ("true", "1"):
+        c.model = pretrain.model_config("tiny")
+        c.data.update(global_batch_size=8, eval_batch_size=16)
+        c.task.update(dict(max_train_examples=256, max_eval_examples=64))
+        c.num_epochs = 1.0
+        c.log_every = 10
+    return c

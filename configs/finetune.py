@@ -1,0 +1,54 @@
+"""Shared base of every fine-tuning config (configs/glue.py, squad.py, ner.py, swag.py, classify.py,
+finetune_demo.py). Not an experiment itself: each task config calls `base_config(...)` and fills
+`config.task`.
+
+Defaults follow the BERT paper / google-research: batch 32, lr 2e-5..5e-5, 3 epochs, 10% warmup,
+max_seq_length 128, AdamW with weight decay 0.01 off LayerNorm and biases, clipping at 1.0.
+"""
+
+import os
+import sys
+
+import ml_collections
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import pretrain  # noqa: E402  (configs/ is not a package; configs are plain files)
+
+parse_arg = pretrain.parse_arg
+
+
+def base_config(task_name: str) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.mode = "finetune"  # finetune (train + eval on dev, keep the best) | evaluate | predict
+    # HF BERT directory (config.json + weights + vocab.txt) or a bert_jax workdir (params of the
+    # encoder; the head is new). Empty: a freshly initialised model (tests, demos).
+    c.init_from = ""
+    c.vocab = ""  # vocab.txt / tokenizer dir; empty: the one in init_from
+    c.lowercase = True
+    c.vocab_size = 8000  # WordPiece vocab trained on the task's text when neither vocab nor init_from is set
+    c.model = pretrain.model_config("base")  # used only when init_from is empty; else taken from the checkpoint
+    c.model_overrides = ml_collections.ConfigDict()  # e.g. dropout, dtype, attention_impl on top of init_from's
+    c.task = ml_collections.ConfigDict(dict(
+        name=task_name,
+        data_dir="",  # local files in the task's original format; empty: tfds.data_source
+        source="",  # "" (auto: files when data_dir is set, else tfds) | files | tfds
+        max_train_examples=-1, max_eval_examples=-1))  # -1: all (tests and smoke runs cap them)
+    c.data = ml_collections.ConfigDict(dict(max_seq_length=128, global_batch_size=32, eval_batch_size=64))
+    c.optim = ml_collections.ConfigDict(dict(
+        optimizer="adamw", learning_rate=2e-5, schedule="linear", warmup_steps=-1, warmup_fraction=0.1,
+        total_steps=-1, end_learning_rate=0.0, power=1.0, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-6,
+        grad_clip_norm=1.0))
+    c.num_epochs = 3.0
+    c.total_steps = -1  # -1: num_epochs over the training features
+    c.micro_batches = 1
+    c.mesh = ml_collections.ConfigDict(dict(ici_parallelism=(1, -1, 1), dcn_parallelism=(1, 1, 1), rules=()))
+    c.log_every = 50
+    c.eval_every = -1  # -1: once per epoch; 0: only at the end; N: every N steps (and at the end)
+    c.checkpoint_every = -1  # -1: at every eval (and at the end); N > 0: also every N steps
+    c.keep_checkpoints = 1  # the newest K (for resume) + the best on dev by the task's metric_for_best
+    c.eval_step = -1  # mode=evaluate / predict: the checkpoint step to use; -1: the best
+    c.async_checkpointing = True
+    c.on_nonfinite = "stop"
+    c.progress_bar = True
+    return c

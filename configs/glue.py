@@ -1,0 +1,42 @@
+"""GLUE fine-tuning, one task per run (google-research run_classifier / BERT paper defaults).
+
+Usage: python -m bert_jax.main --config=configs/glue.py:task=mrpc --config.init_from=HF_BERT_DIR \
+           --config.task.data_dir=glue_data/MRPC --workdir=WORKDIR
+       (--config.mode=predict writes the GLUE submission TSV(s), e.g. MRPC.tsv, into the workdir)
+Arguments (comma-separated key=value): task in cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli (required);
+data_dir (the GLUE TSVs; empty: tfds glue/<task> prepared locally); runlocal (a CPU-sized smoke run).
+Batch 32, lr 2e-5, 3 epochs, 10% warmup, max_seq_length 128. MNLI evaluates on validation_matched and
+validation_mismatched and predicts MNLI-m.tsv, MNLI-mm.tsv and AX.tsv.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import finetune  # noqa: E402  (configs/ is not a package)
+import pretrain  # noqa: E402
+
+TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
+
+
+def get_config(arg: str = ""):
+    args = finetune.parse_arg(arg)
+    task = args.get("task", "").lower().replace("-", "")
+    if task not in TASKS:
+        raise ValueError(f"configs/glue.py needs task=<one of {', '.join(TASKS)}>, got {args.get('task')!r}")
+    c = finetune.base_config("glue")
+    c.task.update(dict(
+        glue_task=task,
+        data_dir=args.get("data_dir", ""),
+        tfds_data_dir="",  # source=tfds: the tfds data_dir holding glue/<task> (empty: $TFDS_DATA_DIR)
+        ax_file=""))  # MNLI predict: the AX diagnostic TSV (empty: AX.tsv / diagnostic.tsv in data_dir)
+    c.data.update(max_seq_length=128, global_batch_size=32, eval_batch_size=64)
+    c.optim.update(learning_rate=2e-5, warmup_fraction=0.1)
+    c.num_epochs = 3.0
+    if args.get("runlocal") in ("true", "1"):
+        c.model = pretrain.model_config("tiny")
+        c.data.update(global_batch_size=8, eval_batch_size=16)
+        c.task.update(dict(max_train_examples=256, max_eval_examples=64))
+        c.num_epochs = 1.0
+        c.log_every = 10
+    return c

@@ -1,0 +1,36 @@
+"""Named-entity recognition on CoNLL-2003-format data (BERT paper defaults).
+
+Usage: python -m bert_jax.main --config=configs/ner.py --config.init_from=HF_BERT_DIR \
+           --config.task.data_dir=CONLL_DIR --workdir=WORKDIR
+Arguments (comma-separated key=value): data_dir (train.txt / valid.txt / test.txt in CoNLL columns; empty:
+tfds conll2003 prepared locally); runlocal (a CPU-sized smoke run).
+Cased models suit NER: pass --config.lowercase=false with a cased checkpoint. Batch 32, lr 5e-5, 3 epochs,
+10% warmup, max_seq_length 128; entity-level F1 (seqeval) picks the best checkpoint.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import finetune  # noqa: E402  (configs/ is not a package)
+import pretrain  # noqa: E402
+
+
+def get_config(arg: str = ""):
+    args = finetune.parse_arg(arg)
+    c = finetune.base_config("ner")
+    c.task.update(dict(
+        data_dir=args.get("data_dir", ""),
+        tfds_data_dir="",  # source=tfds: the tfds data_dir holding conll2003 (empty: $TFDS_DATA_DIR)
+        files=dict(train="train.txt", validation="valid.txt", test="test.txt"),
+        labels=""))  # comma-separated tag list in id order; empty: sorted tags of train.txt (tfds: its order)
+    c.data.update(max_seq_length=128, global_batch_size=32, eval_batch_size=64)
+    c.optim.update(learning_rate=5e-5, warmup_fraction=0.1)
+    c.num_epochs = 3.0
+    if args.get("runlocal") in ("true", "1"):
+        c.model = pretrain.model_config("tiny")
+        c.data.update(global_batch_size=8, eval_batch_size=16)
+        c.task.update(dict(max_train_examples=256, max_eval_examples=64))
+        c.num_epochs = 1.0
+        c.log_every = 10
+    return c

@@ -1,0 +1,43 @@
+"""SQuAD v1.1 / v2.0 fine-tuning (google-research run_squad / BERT paper defaults).
+
+Usage: python -m bert_jax.main --config=configs/squad.py:version=2 --config.init_from=HF_BERT_DIR \
+           --config.task.data_dir=DIR_WITH_SQUAD_JSON --workdir=WORKDIR
+Arguments (comma-separated key=value): version in 1/1.1/2/2.0 (default 1); data_dir (the official
+train-v*.json / dev-v*.json; empty: tfds squad/v1.1 or squad/v2.0 prepared locally); runlocal (a
+CPU-sized smoke run on the first few hundred questions).
+lr 3e-5, 2 epochs, batch 32, max_seq_length 384, doc_stride 128, max_query_length 64, 10% warmup.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import finetune  # noqa: E402  (configs/ is not a package)
+import pretrain  # noqa: E402
+
+
+def get_config(arg: str = ""):
+    args = finetune.parse_arg(arg)
+    version = args.get("version", "1")
+    if version not in ("1", "1.1", "2", "2.0"):
+        raise ValueError(f"version={version!r} must be 1 (SQuAD v1.1) or 2 (v2.0)")
+    c = finetune.base_config("squad")
+    c.task.update(dict(
+        version=int(float(version)),
+        data_dir=args.get("data_dir", ""),
+        train_file="", dev_file="",  # empty: train-v1.1.json / dev-v1.1.json or train-v2.0.json / dev-v2.0.json
+        tfds_name="",  # empty: squad/v1.1 or squad/v2.0
+        max_query_length=64, doc_stride=128,  # doc_stride: context tokens shared by consecutive windows
+        n_best_size=20, max_answer_length=30,
+        null_score_diff_threshold=0.0,  # v2.0: predict "" when null score - best span score exceeds this
+        use_max_context=True))  # a span must start in the window that gives its first token most context
+    c.data.update(max_seq_length=384, global_batch_size=32, eval_batch_size=64)
+    c.optim.update(learning_rate=3e-5, warmup_fraction=0.1)
+    c.num_epochs = 2.0
+    if args.get("runlocal") in ("true", "1"):
+        c.model = pretrain.model_config("tiny")
+        c.data.update(max_seq_length=128, global_batch_size=8, eval_batch_size=16)
+        c.task.update(dict(max_query_length=32, doc_stride=32, max_train_examples=256, max_eval_examples=64))
+        c.num_epochs = 1.0
+        c.log_every = 10
+    return c
