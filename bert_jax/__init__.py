@@ -25,6 +25,7 @@ _LAZY = {
     "generate": "bert_jax.modeling.generation",
     "load_hf_checkpoint": "bert_jax.hf",
     "save_hf_checkpoint": "bert_jax.hf",
+    "load_tf1_checkpoint": "bert_jax.tf1",
     "BertTokenizer": "bert_jax.tokenization",
     "train_wordpiece": "bert_jax.tokenization",
 }

@@ -206,8 +206,17 @@ def load_hf_checkpoint(path: Union[str, os.PathLike], model_class: ModelClass = 
     """
     ckpt_dir = os.fspath(path)
     config = BertConfig.from_hf(ckpt_dir, **config_overrides)
+    return config, params_from_state_dict(read_state_dict(ckpt_dir), config, model_class, rng=rng, source=ckpt_dir)
+
+
+def params_from_state_dict(state: Mapping[str, np.ndarray], config: BertConfig, model_class: ModelClass = BertModel,
+                           rng: Optional[jax.Array] = None, source: str = "the checkpoint") -> dict:
+    """PyTorch-layout tensors keyed as transformers names them -> params of `model_class` (either layer
+    layout, as `config.scan_layers` says). Missing params are initialised from `rng` and logged, unused
+    tensors are logged, shape mismatches raise; `source` names the checkpoint in those messages. Shared
+    by the HF and the Google TF1 (`bert_jax.tf1`) importers."""
     model = build_model(model_class, config)
-    state = _normalise_keys(read_state_dict(ckpt_dir), wants_prefix=not isinstance(model, BertModel))
+    state = _normalise_keys(state, wants_prefix=not isinstance(model, BertModel))
     if not config.tie_word_embeddings and _TIED_KEYS[1] in state:
         # Untied, transformers 5 unties the decoder bias too and uses decoder.bias (cls.predictions.bias is then
         # unused); transformers 4 keeps them tied and saves only cls.predictions.bias.
@@ -233,15 +242,14 @@ def load_hf_checkpoint(path: Union[str, os.PathLike], model_class: ModelClass = 
         for path in missing:
             flat[path] = np.asarray(fresh[path])
         logger.warning("%s: initialised %d parameter(s) missing from the checkpoint at %s: %s",
-                       type(model).__name__, len(missing), ckpt_dir, [torch_key(p) for p in missing])
+                       type(model).__name__, len(missing), source, [torch_key(p) for p in missing])
     tied = _TIED_KEYS if config.tie_word_embeddings else _TIED_KEYS[1:]  # decoder.bias is always cls.predictions.bias
     unexpected = [k for k in state if not k.endswith(_IGNORED_SUFFIXES) and k not in tied]
     if unexpected:
         logger.warning("%s: checkpoint tensors not used by the model: %s", type(model).__name__, sorted(unexpected))
     if config.scan_layers:
         flat = stack_layers(flat, layers)
-    params = jax.tree.map(jax.numpy.asarray, traverse_util.unflatten_dict(flat))
-    return config, params
+    return jax.tree.map(jax.numpy.asarray, traverse_util.unflatten_dict(flat))
 
 
 def to_torch_state_dict(params, model: nn.Module) -> Dict[str, np.ndarray]:

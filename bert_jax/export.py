@@ -1,0 +1,251 @@
+"""Export a bert_jax training run to a Hugging Face directory in one command.
+
+    python -m bert_jax.export --checkpoint=WORKDIR --output=DIR [--step=N] [--model-class=NAME]
+
+WORKDIR is what a bert_jax trainer (pretraining via `bert_jax.main`, or fine-tuning) writes:
+
+    WORKDIR/model_config.json   HF config.json of the model, with `architectures` (and id2label for classifiers)
+    WORKDIR/tokenizer/          BertTokenizer.save: vocab.txt, tokenizer.json, tokenizer_config.json
+    WORKDIR/checkpoints/<step>/ Orbax items `state` (TrainState: step, params, opt_state, rng) and `data`
+    WORKDIR/final_metrics.json  optional; fine-tuning's `best_step` is exported by default when present
+
+`--checkpoint` may also point at `WORKDIR/checkpoints` itself. DIR gets `config.json` (architectures,
+id2label), `model.safetensors` and the tokenizer files, so that `transformers.pipeline('fill-mask' |
+'text-classification', model=DIR)`, `pipeline('question-answering', model=DIR)` (transformers 4.x; 5.x removed
+that pipeline) and `AutoModelFor*.from_pretrained(DIR)` load it.
+Only the params are read from the checkpoint (not the optimizer state); either layer layout (scanned or
+not) is recognised from the saved tree. Weights are written as float32 by default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Dict, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import traverse_util
+
+from bert_jax.config import BertConfig
+from bert_jax.hf import save_hf_checkpoint
+from bert_jax.modeling import MODEL_CLASSES, BertModel, build_model, init_params
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINTS_DIR = "checkpoints"
+MODEL_CONFIG = "model_config.json"
+TOKENIZER_DIR = "tokenizer"
+FINAL_METRICS = "final_metrics.json"
+
+
+class ExportError(ValueError):
+    """The workdir cannot be exported; the message says why and what to do."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading the workdir
+def find_workdir(path: str) -> Tuple[str, str]:
+    """(workdir, its checkpoints directory) for a workdir or its `checkpoints/` directory."""
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.isdir(path):
+        raise ExportError(f"{path} does not exist or is not a directory; pass a bert_jax workdir "
+                          f"(or its {CHECKPOINTS_DIR}/ directory)")
+    if os.path.isdir(os.path.join(path, CHECKPOINTS_DIR)):
+        return path, os.path.join(path, CHECKPOINTS_DIR)
+    parent = os.path.dirname(path)
+    if os.path.isfile(os.path.join(parent, MODEL_CONFIG)) or os.path.basename(path) == CHECKPOINTS_DIR:
+        return parent, path
+    raise ExportError(f"{path} is not a bert_jax workdir: it has no {CHECKPOINTS_DIR}/ directory (written by "
+                      f"`python -m bert_jax.main` and the fine-tuning trainer)")
+
+
+def read_model_config(workdir: str) -> Tuple[BertConfig, str]:
+    """The run's BertConfig and its architecture (`architectures[0]` of model_config.json)."""
+    path = os.path.join(workdir, MODEL_CONFIG)
+    if not os.path.isfile(path):
+        raise ExportError(
+            f"{workdir} has no {MODEL_CONFIG}: it was written by a bert_jax trainer from before export support "
+            f"(bert_jax 0.1.0's pretraining and fine-tuning trainers write it at the start of a run). Restarting "
+            f"the run with the current bert_jax writes it, or write it by hand: "
+            f"BertConfig(...).to_json_file('{path}', architectures=['BertForMaskedLM'])")
+    with open(path) as f:
+        try:
+            hf_config = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ExportError(f"{path} is not valid JSON: {e}") from e
+    architectures = hf_config.get("architectures") or []
+    if not architectures:
+        raise ExportError(f"{path} names no architecture (its `architectures` list is empty or missing)")
+    # Params are read (and exported) as float32 whatever the run trained in.
+    config = BertConfig.from_hf(hf_config, dtype="float32", param_dtype="float32")
+    return config, architectures[0]
+
+
+def model_class_named(name: str) -> type:
+    by_name = {**MODEL_CLASSES, **{cls.__name__: cls for cls in MODEL_CLASSES.values()}}
+    if name not in by_name:
+        raise ExportError(f"unknown architecture {name!r}; bert_jax exports {sorted(MODEL_CLASSES)}")
+    return by_name[name]
+
+
+def select_step(workdir: str, checkpoints_dir: str, step: Optional[int]) -> int:
+    """`step` if given, else final_metrics.json's `best_step` (fine-tuning), else the newest checkpoint."""
+    steps = sorted(int(d) for d in os.listdir(checkpoints_dir)
+                   if d.isdigit() and os.path.isdir(os.path.join(checkpoints_dir, d)))
+    if not steps:
+        raise ExportError(f"no checkpoint in {checkpoints_dir} (the run saved none yet)")
+    if step is not None:
+        if step not in steps:
+            raise ExportError(f"no checkpoint for step {step} in {checkpoints_dir}; it has steps {steps}")
+        return step
+    metrics_path = os.path.join(workdir, FINAL_METRICS)
+    if os.path.isfile(metrics_path):
+        with open(metrics_path) as f:
+            best = json.load(f).get("best_step")
+        if best is not None:
+            if int(best) in steps:
+                logger.info("exporting the best checkpoint, step %d (from %s)", best, metrics_path)
+                return int(best)
+            logger.warning("%s names best_step=%s, which is not among the checkpoints %s; exporting the newest",
+                           metrics_path, best, steps)
+    return steps[-1]
+
+
+def saved_param_shapes(checkpoints_dir: str, step: int) -> Dict[Tuple[str, ...], Tuple[int, ...]]:
+    """{param path: shape} of the TrainState saved at `step`, from the checkpoint's metadata (no array read)."""
+    import orbax.checkpoint as ocp
+    from etils import epath
+    from bert_jax.training.checkpoints import STATE
+    try:
+        tree = ocp.PyTreeCheckpointHandler().metadata(epath.Path(checkpoints_dir) / str(step) / STATE).tree
+    except Exception as e:  # missing or unreadable metadata: a corrupt or partial checkpoint
+        raise ExportError(f"cannot read the checkpoint of step {step} in {checkpoints_dir}: {type(e).__name__}: "
+                          f"{str(e)[:400]}") from e
+    params = tree.get("params") if isinstance(tree, dict) else None
+    if not params:
+        raise ExportError(f"the checkpoint of step {step} in {checkpoints_dir} holds no `params` (not a bert_jax "
+                          f"TrainState?)")
+    return {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(dict(params)).items()}
+
+
+def is_scanned(shapes: Dict[Tuple[str, ...], Tuple[int, ...]]) -> bool:
+    """Whether the saved params use the scanned layout (`encoder/layer/<param>` with a leading [layers] axis)
+    rather than `encoder/layer/<i>/<param>`; the experiment's model.scan_layers decided it."""
+    return any(path[i - 1:i + 1] == ("encoder", "layer") and not path[i + 1].isdigit()
+               for path in shapes for i in range(1, len(path) - 1))
+
+
+def restore_model_params(checkpoints_dir: str, step: int, model: nn.Module, saved: dict):
+    """The params of the TrainState saved at `step` (`saved`: their shapes), as `model` builds them."""
+    from bert_jax.training import checkpoints  # orbax: imported only when exporting
+    # Traced, not compiled; restored onto one device whatever mesh the run saved from.
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                            jax.eval_shape(lambda: init_params(model)))
+    # orbax restores a differently shaped array without complaint (cropped or padded), so a model_config.json
+    # that does not describe the saved params would otherwise export garbage.
+    wanted = {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(abstract).items()}
+    problems = [f"{'/'.join(k)}: saved {saved[k]}, model {shape}" for k, shape in wanted.items()
+                if k in saved and saved[k] != shape]
+    problems += [f"{'/'.join(k)}: not saved" for k in wanted if k not in saved]
+    problems += [f"{'/'.join(k)}: saved, not in the model" for k in saved if k not in wanted]
+    if problems:
+        raise ExportError(f"the params saved at step {step} in {checkpoints_dir} are not those of the "
+                          f"{type(model).__name__} that {MODEL_CONFIG} describes; {len(problems)} difference(s): "
+                          f"{problems[:5]}")
+    try:
+        return checkpoints.restore_params(checkpoints_dir, abstract, step=step)
+    except Exception as e:  # orbax raises many types for a missing/corrupt checkpoint
+        raise ExportError(f"cannot restore the params of step {step} from {checkpoints_dir}: "
+                          f"{type(e).__name__}: {str(e)[:600]}") from e
+
+
+def convert_head(params, source: nn.Module, target: nn.Module):
+    """Params of `source` as `target` expects them: e.g. BertForPreTraining -> BertForMaskedLM drops the
+    pooler and the NSP head, -> BertModel keeps the encoder. Raises if `target` needs params `source` lacks."""
+    flat = traverse_util.flatten_dict(params)
+    if isinstance(source, BertModel) != isinstance(target, BertModel):  # only the bare encoder has no `bert/`
+        flat = ({("bert",) + k: v for k, v in flat.items()} if isinstance(source, BertModel)
+                else {k[1:]: v for k, v in flat.items() if k[0] == "bert"})
+    wanted = traverse_util.flatten_dict(jax.eval_shape(lambda: init_params(target)))
+    missing = sorted("/".join(k) for k in wanted if k not in flat)
+    if missing:
+        raise ExportError(f"cannot export a {type(source).__name__} checkpoint as {type(target).__name__}: it "
+                          f"has no {missing[:6]}{' ...' if len(missing) > 6 else ''}")
+    return traverse_util.unflatten_dict({k: flat[k] for k in wanted})
+
+
+def save_tokenizer(tokenizer_dir: str, output: str, max_length: int) -> bool:
+    """Copies the run's tokenizer into `output` (AutoTokenizer-loadable), capped at the model's max length."""
+    from bert_jax.tokenization import BertTokenizer
+    if not os.path.isdir(tokenizer_dir):
+        logger.warning("no tokenizer at %s: the export has no vocab, so pipelines will need a tokenizer passed "
+                       "explicitly (or use --tokenizer)", tokenizer_dir)
+        return False
+    tok = BertTokenizer.from_pretrained(tokenizer_dir)
+    BertTokenizer(tok.backend, do_lower_case=tok.do_lower_case, strip_accents=tok.strip_accents,
+                  tokenize_chinese_chars=tok.tokenize_chinese_chars,
+                  model_max_length=min(tok.model_max_length, max_length)).save(output)
+    return True
+
+
+# ------------------------------------------------------------------------------------------------
+def export(checkpoint: str, output: str, step: Optional[int] = None, model_class: Optional[str] = None,
+           tokenizer: Optional[str] = None, dtype: str = "float32") -> dict:
+    """Writes the HF directory `output` from the workdir (or checkpoints dir) `checkpoint`.
+    Returns a summary {step, architecture, output}."""
+    if dtype not in ("float32", "bfloat16"):
+        raise ExportError(f"dtype must be float32 or bfloat16, got {dtype!r}")
+    workdir, checkpoints_dir = find_workdir(checkpoint)
+    config, architecture = read_model_config(workdir)
+    source = build_model(model_class_named(architecture), config)
+    target = build_model(model_class_named(model_class), config) if model_class else source
+    chosen = select_step(workdir, checkpoints_dir, step)
+    saved = saved_param_shapes(checkpoints_dir, chosen)
+    if is_scanned(saved):
+        config = config.replace(scan_layers=True)
+        source, target = (build_model(type(m), config) for m in (source, target))
+    params = restore_model_params(checkpoints_dir, chosen, source, saved)
+    if type(target) is not type(source):
+        params = convert_head(params, source, target)
+    params = jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
+    hf_config = config.replace(scan_layers=False, param_dtype=dtype)
+    save_hf_checkpoint(output, hf_config, params, type(target))
+    has_tokenizer = save_tokenizer(tokenizer or os.path.join(workdir, TOKENIZER_DIR), output,
+                                   config.max_position_embeddings)
+    architecture = next(n for n, c in MODEL_CLASSES.items() if c is type(target))
+    logger.info("exported %s step %d from %s to %s", architecture, chosen, checkpoints_dir, output)
+    return {"step": chosen, "architecture": architecture, "output": os.path.abspath(output),
+            "tokenizer": has_tokenizer}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bert_jax.export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="bert_jax workdir, or its checkpoints/ directory")
+    parser.add_argument("--output", required=True, help="Hugging Face directory to write")
+    parser.add_argument("--step", type=int, default=None,
+                        help="checkpoint step (default: final_metrics.json's best_step, else the newest)")
+    parser.add_argument("--model-class", default=None,
+                        help=f"export as this architecture (default: the run's); one of {sorted(MODEL_CLASSES)}")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: WORKDIR/tokenizer)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="dtype of the weights")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("bert_jax").setLevel(logging.INFO)  # ours, not orbax's/absl's INFO chatter
+    try:
+        summary = export(args.checkpoint, args.output, step=args.step, model_class=args.model_class,
+                         tokenizer=args.tokenizer, dtype=args.dtype)
+    except (ExportError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
