@@ -51,7 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.objective = "mlm_nsp"  # or "mlm" (RoBERTa-style, no NSP)
     c.model = model_config("base")
     c.data = ml_collections.ConfigDict(dict(
-        source="stdlib",  # stdlib (embedded corpus) | array_record:<glob> | text:<glob> | tfds:<name>
+        source="stdlib",  # stdlib (embedded corpus) | array_record:<glob> | text:<glob>
         vocab="",  # vocab.txt / tokenizer dir; empty: train a WordPiece vocab on the corpus
         vocab_size=8000, lowercase=True, seq_len=128, max_predictions=20, masked_lm_prob=0.15,
         short_seq_prob=0.1, dupe_factor=2, global_batch_size=256, eval_fraction=0.02, eval_batches=10,
