@@ -52,3 +52,17 @@ def base_config(task_name: str) -> ml_collections.ConfigDict:
     c.on_nonfinite = "stop"
     c.progress_bar = True
     return c
+
+
+def is_set(args: dict, key: str) -> bool:
+    return args.get(key) in ("true", "1")
+
+
+def runlocal(c: ml_collections.ConfigDict, **data) -> None:
+    """Shrinks a fine-tuning config to a CPU smoke run: tiny fresh model, a few hundred examples,
+    one epoch. `data` overrides `config.data` fields (e.g. a shorter max_seq_length)."""
+    c.model = pretrain.model_config("tiny")
+    c.data.update(dict(dict(global_batch_size=8, eval_batch_size=16), **data))
+    c.task.update(dict(max_train_examples=256, max_eval_examples=64))
+    c.num_epochs = 1.0
+    c.log_every = 10

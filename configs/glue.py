@@ -14,7 +14,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import finetune  # noqa: E402  (configs/ is not a package)
-import pretrain  # noqa: E402
 
 TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
 
@@ -33,10 +32,6 @@ def get_config(arg: str = ""):
     c.data.update(max_seq_length=128, global_batch_size=32, eval_batch_size=64)
     c.optim.update(learning_rate=2e-5, warmup_fraction=0.1)
     c.num_epochs = 3.0
-    if args.get("runlocal") in ("true", "1"):
-        c.model = pretrain.model_config("tiny")
-        c.data.update(global_batch_size=8, eval_batch_size=16)
-        c.task.update(dict(max_train_examples=256, max_eval_examples=64))
-        c.num_epochs = 1.0
-        c.log_every = 10
+    if finetune.is_set(args, "runlocal"):
+        finetune.runlocal(c)
     return c
