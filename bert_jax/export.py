@@ -34,6 +34,7 @@ from flax import traverse_util
 from bert_jax.config import BertConfig
 from bert_jax.hf import save_hf_checkpoint
 from bert_jax.modeling import MODEL_CLASSES, BertModel, build_model, init_params
+from bert_jax.training import paths  # workdirs local or gs:// (etils.epath only; no orbax)
 
 logger = logging.getLogger(__name__)
 
@@ -50,34 +51,34 @@ class ExportError(ValueError):
 # ------------------------------------------------------------------------------------------------
 # Reading the workdir
 def find_workdir(path: str) -> Tuple[str, str]:
-    """(workdir, its checkpoints directory) for a workdir or its `checkpoints/` directory."""
-    path = os.path.abspath(os.fspath(path))
-    if not os.path.isdir(path):
+    """(workdir, its checkpoints directory) for a workdir or its `checkpoints/` directory, local
+    (made absolute) or a gs:// URL."""
+    path = paths.workdir_path(path)
+    if not path.is_dir():
         raise ExportError(f"{path} does not exist or is not a directory; pass a bert_jax workdir "
                           f"(or its {CHECKPOINTS_DIR}/ directory)")
-    if os.path.isdir(os.path.join(path, CHECKPOINTS_DIR)):
-        return path, os.path.join(path, CHECKPOINTS_DIR)
-    parent = os.path.dirname(path)
-    if os.path.isfile(os.path.join(parent, MODEL_CONFIG)) or os.path.basename(path) == CHECKPOINTS_DIR:
-        return parent, path
+    if (path / CHECKPOINTS_DIR).is_dir():
+        return os.fspath(path), os.fspath(path / CHECKPOINTS_DIR)
+    parent = path.parent
+    if (parent / MODEL_CONFIG).is_file() or path.name == CHECKPOINTS_DIR:
+        return os.fspath(parent), os.fspath(path)
     raise ExportError(f"{path} is not a bert_jax workdir: it has no {CHECKPOINTS_DIR}/ directory (written by "
                       f"`python -m bert_jax.main` and the fine-tuning trainer)")
 
 
 def read_model_config(workdir: str) -> Tuple[BertConfig, str]:
     """The run's BertConfig and its architecture (`architectures[0]` of model_config.json)."""
-    path = os.path.join(workdir, MODEL_CONFIG)
-    if not os.path.isfile(path):
+    path = paths.workdir_path(workdir) / MODEL_CONFIG
+    if not path.is_file():
         raise ExportError(
             f"{workdir} has no {MODEL_CONFIG}: it was written by a bert_jax trainer from before export support "
             f"(bert_jax 0.1.0's pretraining and fine-tuning trainers write it at the start of a run). Restarting "
             f"the run with the current bert_jax writes it, or write it by hand: "
             f"BertConfig(...).to_json_file('{path}', architectures=['BertForMaskedLM'])")
-    with open(path) as f:
-        try:
-            hf_config = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ExportError(f"{path} is not valid JSON: {e}") from e
+    try:
+        hf_config = paths.read_json(path)
+    except json.JSONDecodeError as e:
+        raise ExportError(f"{path} is not valid JSON: {e}") from e
     architectures = hf_config.get("architectures") or []
     if not architectures:
         raise ExportError(f"{path} names no architecture (its `architectures` list is empty or missing)")
@@ -95,18 +96,17 @@ def model_class_named(name: str) -> type:
 
 def select_step(workdir: str, checkpoints_dir: str, step: Optional[int]) -> int:
     """`step` if given, else final_metrics.json's `best_step` (fine-tuning), else the newest checkpoint."""
-    steps = sorted(int(d) for d in os.listdir(checkpoints_dir)
-                   if d.isdigit() and os.path.isdir(os.path.join(checkpoints_dir, d)))
+    steps = sorted(int(d.name) for d in paths.workdir_path(checkpoints_dir).iterdir()
+                   if d.name.isdigit() and d.is_dir())
     if not steps:
         raise ExportError(f"no checkpoint in {checkpoints_dir} (the run saved none yet)")
     if step is not None:
         if step not in steps:
             raise ExportError(f"no checkpoint for step {step} in {checkpoints_dir}; it has steps {steps}")
         return step
-    metrics_path = os.path.join(workdir, FINAL_METRICS)
-    if os.path.isfile(metrics_path):
-        with open(metrics_path) as f:
-            best = json.load(f).get("best_step")
+    metrics_path = paths.workdir_path(workdir) / FINAL_METRICS
+    if metrics_path.is_file():
+        best = paths.read_json(metrics_path).get("best_step")
         if best is not None:
             if int(best) in steps:
                 logger.info("exporting the best checkpoint, step %d (from %s)", best, metrics_path)
@@ -119,10 +119,9 @@ def select_step(workdir: str, checkpoints_dir: str, step: Optional[int]) -> int:
 def saved_param_shapes(checkpoints_dir: str, step: int) -> Dict[Tuple[str, ...], Tuple[int, ...]]:
     """{param path: shape} of the TrainState saved at `step`, from the checkpoint's metadata (no array read)."""
     import orbax.checkpoint as ocp
-    from etils import epath
     from bert_jax.training.checkpoints import STATE
     try:
-        tree = ocp.PyTreeCheckpointHandler().metadata(epath.Path(checkpoints_dir) / str(step) / STATE).tree
+        tree = ocp.PyTreeCheckpointHandler().metadata(paths.workdir_path(checkpoints_dir) / str(step) / STATE).tree
     except Exception as e:  # missing or unreadable metadata: a corrupt or partial checkpoint
         raise ExportError(f"cannot read the checkpoint of step {step} in {checkpoints_dir}: {type(e).__name__}: "
                           f"{str(e)[:400]}") from e
@@ -183,11 +182,11 @@ def convert_head(params, source: nn.Module, target: nn.Module):
 def save_tokenizer(tokenizer_dir: str, output: str, max_length: int) -> bool:
     """Copies the run's tokenizer into `output` (AutoTokenizer-loadable), capped at the model's max length."""
     from bert_jax.tokenization import BertTokenizer
-    if not os.path.isdir(tokenizer_dir):
+    if not paths.workdir_path(tokenizer_dir).is_dir():
         logger.warning("no tokenizer at %s: the export has no vocab, so pipelines will need a tokenizer passed "
                        "explicitly (or use --tokenizer)", tokenizer_dir)
         return False
-    tok = BertTokenizer.from_pretrained(tokenizer_dir)
+    tok = BertTokenizer.from_pretrained(tokenizer_dir)  # local or gs://
     BertTokenizer(tok.backend, do_lower_case=tok.do_lower_case, strip_accents=tok.strip_accents,
                   tokenize_chinese_chars=tok.tokenize_chinese_chars,
                   model_max_length=min(tok.model_max_length, max_length)).save(output)
@@ -216,7 +215,7 @@ def export(checkpoint: str, output: str, step: Optional[int] = None, model_class
     params = jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
     hf_config = config.replace(scan_layers=False, param_dtype=dtype)
     save_hf_checkpoint(output, hf_config, params, type(target))
-    has_tokenizer = save_tokenizer(tokenizer or os.path.join(workdir, TOKENIZER_DIR), output,
+    has_tokenizer = save_tokenizer(tokenizer or os.fspath(paths.workdir_path(workdir) / TOKENIZER_DIR), output,
                                    config.max_position_embeddings)
     architecture = next(n for n, c in MODEL_CLASSES.items() if c is type(target))
     logger.info("exported %s step %d from %s to %s", architecture, chosen, checkpoints_dir, output)

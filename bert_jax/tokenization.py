@@ -31,6 +31,42 @@ _PADDING = {True: "longest", "longest": "longest", "max_length": "max_length",
             False: None, None: None, "do_not_pad": None}
 
 
+_SAVED_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json")
+
+
+def _is_url(path) -> bool:
+    return "://" in os.fspath(path)
+
+
+def _save_to_url(tokenizer: "BertTokenizer", url) -> None:
+    import tempfile
+
+    from etils import epath  # only for URLs: keeps this module's import light
+    remote = epath.Path(os.fspath(url))
+    with tempfile.TemporaryDirectory() as local:
+        tokenizer.save(local)
+        remote.mkdir(parents=True, exist_ok=True)
+        for name in _SAVED_FILES:
+            epath.Path(local, name).copy(remote / name, overwrite=True)
+
+
+def _load_from_url(cls, url) -> "BertTokenizer":
+    import tempfile
+
+    from etils import epath
+    remote = epath.Path(os.fspath(url))
+    if not remote.is_dir():
+        raise FileNotFoundError(f"tokenizer directory {url} does not exist")
+    with tempfile.TemporaryDirectory() as local:
+        for name in _SAVED_FILES:
+            if (remote / name).is_file():
+                (remote / name).copy(epath.Path(local, name), overwrite=True)
+        try:
+            return cls.from_pretrained(local)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no tokenizer.json or vocab.txt in tokenizer directory {url}") from None
+
+
 def load_vocab(vocab_path) -> dict[str, int]:
     """Reads a one-token-per-line vocab.txt exactly like transformers' `load_vocab` (line i -> id i)."""
     with open(vocab_path, encoding="utf-8") as f:
@@ -100,8 +136,11 @@ class BertTokenizer:
         """Loads `tokenizer.json` (preferred) or `vocab.txt` from `directory`, plus `tokenizer_config.json` flags.
 
         Config flags (do_lower_case, strip_accents, tokenize_chinese_chars) override the normalizer stored in
-        tokenizer.json, as transformers does.
+        tokenizer.json, as transformers does. `directory` may be a URL (gs://...): its files are read through
+        `etils.epath` into a local temp dir first.
         """
+        if _is_url(directory):
+            return _load_from_url(cls, directory)
         directory = Path(directory)
         if not directory.is_dir():
             raise FileNotFoundError(f"tokenizer directory {directory} does not exist")
@@ -139,7 +178,11 @@ class BertTokenizer:
         raise FileNotFoundError(f"no tokenizer.json or vocab.txt in tokenizer directory {directory}")
 
     def save(self, directory) -> None:
-        """Writes vocab.txt, tokenizer.json and tokenizer_config.json (loadable by transformers.AutoTokenizer)."""
+        """Writes vocab.txt, tokenizer.json and tokenizer_config.json (loadable by transformers.AutoTokenizer).
+
+        `directory` may be a URL (gs://...): the files are written locally, then copied there via `etils.epath`."""
+        if _is_url(directory):
+            return _save_to_url(self, directory)
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         by_id = sorted(self.vocab.items(), key=lambda kv: kv[1])

@@ -156,7 +156,7 @@ if ((!SKIP_SETUP)); then
     done
     fetch="mkdir -p $REMOTE_DIR && tar -xzf bert_jax_src.tar.gz -C $REMOTE_DIR && "
   fi
-  setup="${fetch}cd $REMOTE_DIR && python3 -m pip install --upgrade pip && python3 -m pip install -r requirements.txt 'jax[tpu]' && python3 -m pip install --no-deps -e ."
+  setup="${fetch}cd $REMOTE_DIR && python3 -m pip install --upgrade pip && python3 -m pip install -r requirements.txt 'jax[tpu]' gcsfs google-cloud-storage && python3 -m pip install --no-deps -e ."
   for node in "${NODES[@]}"; do
     run "${GCLOUD[@]}" tpu-vm ssh "$node" "${SCOPE[@]}" --worker=all --command="$setup"
   done

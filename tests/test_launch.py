@@ -77,7 +77,7 @@ POD_RUN = ("WORKER=$(curl -sf -H Metadata-Flavor:Google http://metadata.google.i
            "http://metadata.google.internal/computeMetadata/v1/instance/attributes/worker-network-endpoints) && "
            "HOSTS=$(echo \"$ENDPOINTS\" | tr , \"\\n\" | wc -l) && export ")
 SETUP_INSTALL = ("cd bert_jax && python3 -m pip install --upgrade pip && python3 -m pip install -r requirements.txt "
-                 "'\\''jax[tpu]'\\'' && python3 -m pip install --no-deps -e .'")
+                 "'\\''jax[tpu]'\\'' gcsfs google-cloud-storage && python3 -m pip install --no-deps -e .'")
 
 
 def test_tpu_vm_single_slice_dry_run():

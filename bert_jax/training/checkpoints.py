@@ -13,13 +13,14 @@ input pipeline's iterator state.
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import os
 from typing import Any, Callable, Mapping, Optional, Tuple
 
 import jax
 import orbax.checkpoint as ocp
+
+from bert_jax.training import paths
+from bert_jax.training.paths import read_json, write_json  # noqa: F401  (the loops' JSON files, local or gs://)
 
 logger = logging.getLogger(__name__)
 
@@ -35,11 +36,11 @@ class Checkpointer:
     would instead keep the `keep` best, so a newer but worse checkpoint could be deleted and resume
     would go back in time."""
 
-    def __init__(self, directory: str, *, save_every: int = 1000, keep: int = 3, best_metric: Optional[str] = None,
+    def __init__(self, directory: paths.PathLike, *, save_every: int = 1000, keep: int = 3, best_metric: Optional[str] = None,
                  best_mode: str = "max", async_save: bool = True):
         if best_mode not in ("max", "min"):
             raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
-        self.directory = os.path.abspath(directory)
+        self.directory = paths.workdir_path(directory)  # local (absolute) or a gs:// URL
         self.best_metric = best_metric or None
         latest = ocp.checkpoint_managers.LatestN(n=keep if keep and keep > 0 else None)
         policy = latest
@@ -131,9 +132,9 @@ def abstract_like(tree: Any) -> Any:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
 
 
-def restore_params(directory: str, abstract_params: Any, step: Optional[int] = None) -> Any:
-    """Params only from a bert_jax checkpoint directory (to initialise a fine-tuning run)."""
-    manager = ocp.CheckpointManager(os.path.abspath(directory), item_names=(STATE, DATA))
+def restore_params(directory: paths.PathLike, abstract_params: Any, step: Optional[int] = None) -> Any:
+    """Params only from a bert_jax checkpoint directory, local or gs:// (to initialise a fine-tuning run)."""
+    manager = ocp.CheckpointManager(paths.workdir_path(directory), item_names=(STATE, DATA))
     steps = [step] if step is not None else sorted(manager.all_steps())[-1:]
     if not steps:
         raise FileNotFoundError(f"no bert_jax checkpoint in {directory}")
@@ -148,18 +149,6 @@ def restore_params(directory: str, abstract_params: Any, step: Optional[int] = N
         restore_args=ocp.checkpoint_utils.construct_restore_args(item) if sharded else None)}))
     manager.close()
     return restored[STATE]["params"]
-
-
-def read_json(path: str) -> Any:
-    with open(path) as f:
-        return json.load(f)
-
-
-def write_json(path: str, value: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, path)
 
 
 PreemptionFlag = Callable[[], bool]

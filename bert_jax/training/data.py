@@ -15,6 +15,7 @@ import numpy as np
 
 from bert_jax.data import pipeline
 from bert_jax.tokenization import BertTokenizer, train_wordpiece
+from bert_jax.training import paths
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class PretrainingData:
                 return
 
 
-def _tokenizer(config, workdir: str, documents) -> BertTokenizer:
+def _tokenizer(config, workdir: paths.PathLike, documents) -> BertTokenizer:
     """config.data.vocab, or the run's own vocab in workdir/tokenizer (trained once, reused on resume:
     WordPiece training is not bit-reproducible). On several hosts only process 0 reads or trains the
     vocab and sends it to the others, so every host tokenizes with the same vocab and none reads a
@@ -53,9 +54,9 @@ def _tokenizer(config, workdir: str, documents) -> BertTokenizer:
     return tokenizer
 
 
-def _own_tokenizer(config, workdir: str, documents) -> BertTokenizer:
-    saved = os.path.join(workdir, "tokenizer")
-    if os.path.isfile(os.path.join(saved, "vocab.txt")):
+def _own_tokenizer(config, workdir: paths.PathLike, documents) -> BertTokenizer:
+    saved = paths.workdir_path(workdir) / "tokenizer"  # local or gs://: the tokenizer stages URL reads/writes
+    if (saved / "vocab.txt").is_file():
         return BertTokenizer.from_pretrained(saved)
     if documents is None:
         raise ValueError("config.data.vocab is required for this data source (no text to train a vocab on)")
@@ -97,7 +98,7 @@ def _documents(source: str):
     return None
 
 
-def build_pretraining_data(config, workdir: str) -> PretrainingData:
+def build_pretraining_data(config, workdir: paths.PathLike) -> PretrainingData:
     d = config.data
     documents = _documents(d.source)
     tokenizer = _tokenizer(config, workdir, documents) if (documents is not None or d.vocab) else None

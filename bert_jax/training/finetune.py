@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from etils import epath
 from flax import traverse_util
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -46,7 +47,7 @@ from bert_jax.modeling import (BertForMultipleChoice, BertForQuestionAnswering, 
                                BertForTokenClassification, BertModel)
 from bert_jax.tasks import Features, Task, get_task
 from bert_jax.tokenization import BertTokenizer, train_wordpiece
-from bert_jax.training import checkpoints, metrics as metrics_lib, steps
+from bert_jax.training import checkpoints, metrics as metrics_lib, paths, steps
 from bert_jax.training.optim import make_optimizer
 from bert_jax.training.trainer import NonFiniteError, _Preemption
 
@@ -68,7 +69,7 @@ class Run:
     """Everything the three modes share; built by `setup`."""
 
     config: ml_collections.ConfigDict
-    workdir: str
+    workdir: epath.Path  # local (absolute) or a gs:// URL
     task: Task
     tokenizer: BertTokenizer
     model_config: BertConfig
@@ -99,13 +100,13 @@ class Run:
                             self.params_shardings)
 
 
-def setup(config: ml_collections.ConfigDict, workdir: str, write_files: bool = False) -> Run:
+def setup(config: ml_collections.ConfigDict, workdir: paths.PathLike, write_files: bool = False) -> Run:
     """Task, tokenizer, model config and model, mesh. With `write_files` (fine-tuning) writes
     config.json, model_config.json and tokenizer/ into `workdir` (process 0)."""
     if "task" not in config:
         raise ValueError("not a fine-tuning config: config.task is missing (see configs/finetune.py)")
     sharding.maybe_initialize_distributed()
-    workdir = os.path.abspath(workdir)
+    workdir = paths.workdir_path(workdir)
     _check_init_from(config.get("init_from") or "")
     task = get_task(config.task)
     if task.head not in HEAD_MODELS:
@@ -124,32 +125,32 @@ def setup(config: ml_collections.ConfigDict, workdir: str, write_files: bool = F
                                                     dcn_parallelism=tuple(config.mesh.dcn_parallelism)))
     rules = sharding.rules_from_config(config.mesh.get("rules") or None)
     if write_files and jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        checkpoints.write_json(os.path.join(workdir, "config.json"), config.to_dict())
-        checkpoints.write_json(os.path.join(workdir, "model_config.json"),
-                               model_config.to_hf([HEAD_MODELS[task.head][0]]))
-        if not os.path.isfile(os.path.join(workdir, "tokenizer", "vocab.txt")):
-            tokenizer.save(os.path.join(workdir, "tokenizer"))
+        workdir.mkdir(parents=True, exist_ok=True)
+        paths.write_json(workdir / "config.json", config.to_dict())
+        paths.write_json(workdir / "model_config.json", model_config.to_hf([HEAD_MODELS[task.head][0]]))
+        if not (workdir / "tokenizer" / "vocab.txt").is_file():
+            tokenizer.save(workdir / "tokenizer")
     return Run(config, workdir, task, tokenizer, model_config, model, mesh, rules,
                sharding.param_shardings(model, mesh, rules))
 
 
-def _is_bert_jax_workdir(path: str) -> bool:
-    return os.path.isdir(os.path.join(path, "checkpoints"))
+def _is_bert_jax_workdir(path: paths.PathLike) -> bool:
+    return (paths.workdir_path(path) / "checkpoints").is_dir()
 
 
 def _check_init_from(source: str) -> None:
+    """init_from: a local HF directory or a bert_jax workdir (local or gs://)."""
     if not source:
         return
-    if not os.path.isdir(source):
+    if not paths.workdir_path(source).is_dir():
         raise FileNotFoundError(f"config.init_from={source!r} is not a directory (expected a Hugging Face BERT "
                                 "directory or a bert_jax workdir)")
-    if not _is_bert_jax_workdir(source) and not os.path.isfile(os.path.join(source, "config.json")):
+    if not _is_bert_jax_workdir(source) and not (paths.workdir_path(source) / "config.json").is_file():
         raise FileNotFoundError(f"config.init_from={source!r} is neither a Hugging Face BERT directory (no "
                                 "config.json) nor a bert_jax workdir (no checkpoints/)")
 
 
-def load_tokenizer(config, workdir: str, task: Task) -> BertTokenizer:
+def load_tokenizer(config, workdir: paths.PathLike, task: Task) -> BertTokenizer:
     """`config.vocab` (vocab.txt or tokenizer dir), else the run's own `workdir/tokenizer`, else
     `init_from`'s (a bert_jax workdir's tokenizer/, an HF directory's files), else, without
     `init_from`, a WordPiece vocab trained on `task.vocab_texts()`."""
@@ -161,16 +162,16 @@ def load_tokenizer(config, workdir: str, task: Task) -> BertTokenizer:
         if os.path.isdir(path):
             return BertTokenizer.from_pretrained(path)
         raise FileNotFoundError(f"config.vocab={path!r} does not exist (a vocab.txt or a tokenizer directory)")
-    own = os.path.join(workdir, "tokenizer")
-    if os.path.isfile(os.path.join(own, "vocab.txt")):
+    own = paths.workdir_path(workdir) / "tokenizer"
+    if (own / "vocab.txt").is_file():
         return BertTokenizer.from_pretrained(own)
     source = config.get("init_from") or ""
     if source:
-        for directory in (os.path.join(source, "tokenizer"), source):
-            if any(os.path.isfile(os.path.join(directory, f)) for f in ("tokenizer.json", "tokenizer_config.json")):
-                return BertTokenizer.from_pretrained(directory)
-            if os.path.isfile(os.path.join(directory, "vocab.txt")):
-                return BertTokenizer.from_vocab(os.path.join(directory, "vocab.txt"), lowercase=lowercase)
+        for directory in (paths.workdir_path(source) / "tokenizer", paths.workdir_path(source)):
+            if any((directory / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+                return BertTokenizer.from_pretrained(directory)  # local or gs://
+            if (directory / "vocab.txt").is_file():
+                return BertTokenizer.from_vocab(os.fspath(directory / "vocab.txt"), lowercase=lowercase)
         raise FileNotFoundError(f"no vocab.txt / tokenizer.json in config.init_from={source!r} (or its "
                                 "tokenizer/): set config.vocab")
     texts = task.vocab_texts()
@@ -193,11 +194,11 @@ def build_model_config(config, task: Task, tokenizer: BertTokenizer) -> BertConf
                              "max_position_embeddings": max(model.get("max_position_embeddings", 512),
                                                             config.data.max_seq_length)})
     elif _is_bert_jax_workdir(source):
-        saved = os.path.join(source, "model_config.json")
-        if os.path.isfile(saved):
-            base = BertConfig.from_hf(saved)
+        saved = paths.workdir_path(source) / "model_config.json"
+        if saved.is_file():
+            base = BertConfig.from_hf(paths.read_json(saved))
         else:  # workdirs written before model_config.json existed: the experiment's model section
-            experiment = _read_json(os.path.join(source, "config.json"))
+            experiment = paths.read_json(paths.workdir_path(source) / "config.json")
             model = dict(experiment["model"])
             base = BertConfig(**{**model, "vocab_size": tokenizer.vocab_size, "pad_token_id": tokenizer.pad_token_id,
                                  "max_position_embeddings": max(model.get("max_position_embeddings", 512),
@@ -218,12 +219,6 @@ def build_model_config(config, task: Task, tokenizer: BertTokenizer) -> BertConf
     return base.replace(**changes)
 
 
-def _read_json(path: str) -> dict:
-    import json
-    with open(path) as f:
-        return json.load(f)
-
-
 # -------------------------------------------------------------------------------- encoder weights
 def _load_hf_encoder(source: str, run: Run) -> dict:
     """The `bert` subtree (BertModel params, pooler included) of an HF checkpoint, host arrays."""
@@ -237,8 +232,8 @@ def _restore_bert_jax_encoder(source: str, run: Run) -> dict:
     """The `bert` subtree of the latest checkpoint of a bert_jax workdir (pooler only if it has one),
     in this model's layer layout."""
     import orbax.checkpoint as ocp
-    directory = os.path.join(source, "checkpoints")
-    manager = ocp.CheckpointManager(os.path.abspath(directory), item_handlers={
+    directory = paths.workdir_path(source) / "checkpoints"
+    manager = ocp.CheckpointManager(directory, item_handlers={
         checkpoints.STATE: ocp.StandardCheckpointHandler(), checkpoints.DATA: ocp.JsonCheckpointHandler()})
     all_steps = sorted(manager.all_steps())
     if not all_steps:
@@ -470,7 +465,7 @@ def _optimizer(config, total_steps: int):
 
 
 # ------------------------------------------------------------------------------------------ modes
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: paths.PathLike) -> Dict[str, Any]:
     """Fine-tunes (or resumes) in `workdir`; returns {step, best_step, best, final, train,
     preempted, state, run}."""
     if config.on_nonfinite not in ("stop", "skip"):
@@ -491,7 +486,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     total, per_epoch, eval_every = plan_steps(config, len(train))
     tx, schedule = _optimizer(config, total)
 
-    ckpt_dir = os.path.join(run.workdir, "checkpoints")
+    ckpt_dir = run.workdir / "checkpoints"
     best_key = f"{task.eval_splits[0]}/{task.metric_for_best}" if task.eval_splits else None
     ckpt = checkpoints.Checkpointer(ckpt_dir, save_every=max(config.checkpoint_every, 1),
                                     keep=config.keep_checkpoints, best_metric=best_key, best_mode=task.metric_mode,
@@ -592,7 +587,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     ckpt.close()
     writer.close()
     if is_main and not preempted:
-        checkpoints.write_json(os.path.join(run.workdir, "final_metrics.json"), final)
+        paths.write_json(run.workdir / "final_metrics.json", final)
     return dict(final, state=state, run=run)
 
 
@@ -626,7 +621,7 @@ def _abstract_state(run: Run, tx, seed: int, replicated) -> steps.TrainState:
 
 def _restore_params_of(run: Run, step: Optional[int]) -> Tuple[int, Any]:
     """(step, params) of checkpoint `step` in the run's workdir; default: the best, else the latest."""
-    ckpt_dir = os.path.join(run.workdir, "checkpoints")
+    ckpt_dir = run.workdir / "checkpoints"
     task = run.task
     best_key = f"{task.eval_splits[0]}/{task.metric_for_best}" if task.eval_splits else None
     ckpt = checkpoints.Checkpointer(ckpt_dir, best_metric=best_key, best_mode=task.metric_mode)
@@ -643,7 +638,7 @@ def _restore_params_of(run: Run, step: Optional[int]) -> Tuple[int, Any]:
     return step, checkpoints.restore_params(ckpt_dir, run.abstract_params(), step=step)
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str, step: Optional[int] = None) -> Dict[str, Any]:
+def evaluate(config: ml_collections.ConfigDict, workdir: paths.PathLike, step: Optional[int] = None) -> Dict[str, Any]:
     """Task metrics of a checkpoint in `workdir` (`step`, else `config.eval_step`, else the best) on
     every dev split; written to workdir/eval_metrics.json."""
     run = setup(config, workdir)
@@ -655,7 +650,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, step: Optional[int
         results = _jsonable(evaluate_splits(run, predict_step, params, dev))
     logger.info("eval of step %d: %s", step, results)
     if jax.process_index() == 0:
-        checkpoints.write_json(os.path.join(run.workdir, "eval_metrics.json"), {"step": step, "eval": results})
+        paths.write_json(run.workdir / "eval_metrics.json", {"step": step, "eval": results})
     return {"step": step, "eval": results, "run": run}
 
 
@@ -668,7 +663,7 @@ def predict_splits(task: Task) -> Tuple[str, ...]:
     return splits
 
 
-def predict(config: ml_collections.ConfigDict, workdir: str, step: Optional[int] = None) -> Dict[str, Any]:
+def predict(config: ml_collections.ConfigDict, workdir: paths.PathLike, step: Optional[int] = None) -> Dict[str, Any]:
     """Writes the task's predictions file for each of `predict_splits(task)` (e.g. the GLUE test
     TSVs) from the best checkpoint (or `step` / `config.eval_step`) into the workdir; returns
     {step, paths, predictions, run}."""
@@ -679,15 +674,17 @@ def predict(config: ml_collections.ConfigDict, workdir: str, step: Optional[int]
     step, params = _restore_params_of(run, step if step is not None else config.get("eval_step", -1))
     predict_step = jax.jit(make_predict_step(run.model, run.output_keys),
                            out_shardings=NamedSharding(run.mesh, PartitionSpec()))
-    paths, all_predictions = {}, {}
+    written, all_predictions = {}, {}
     for split in splits:
         examples, features = load_features(run, split)
         with sharding.activation_context(run.mesh, run.rules):
             outputs = model_outputs(run, predict_step, params, features)
         predictions = run.task.postprocess(outputs, features, examples)
-        path = os.path.join(run.workdir, run.task.predictions_filename(split))
+        path = run.workdir / run.task.predictions_filename(split)
         if jax.process_index() == 0:
-            run.task.write_predictions(predictions, examples, path)
+            # Task writers use open(): on a gs:// workdir they write a local file that is copied over.
+            with paths.staged_dir(path.parent) as local_dir:
+                run.task.write_predictions(predictions, examples, os.path.join(local_dir, path.name))
         logger.info("wrote predictions of step %d for %s/%s to %s", step, run.task.name, split, path)
-        paths[split], all_predictions[split] = path, predictions
-    return {"step": step, "paths": paths, "predictions": all_predictions, "run": run}
+        written[split], all_predictions[split] = os.fspath(path), predictions
+    return {"step": step, "paths": written, "predictions": all_predictions, "run": run}

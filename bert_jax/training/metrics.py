@@ -12,36 +12,56 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import time
 from typing import Mapping, Optional, Sequence
 
 import jax
 import numpy as np
 
+from bert_jax.training import paths
+
 logger = logging.getLogger(__name__)
 
 
 class MetricsWriter:
-    def __init__(self, workdir: str, enabled: Optional[bool] = None, tensorboard: bool = True):
+    """metrics.jsonl and TensorBoard event files in `workdir` (a local path or a gs:// URL)."""
+
+    def __init__(self, workdir: paths.PathLike, enabled: Optional[bool] = None, tensorboard: bool = True):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
-        self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
+        workdir = paths.workdir_path(workdir)
+        self.jsonl_path = workdir / "metrics.jsonl"
         self._tb = None
+        self._tb_upload = None  # (local event dir, workdir/tensorboard) when events are staged locally
         if self.enabled:
-            os.makedirs(workdir, exist_ok=True)
+            workdir.mkdir(parents=True, exist_ok=True)
             if tensorboard:
                 try:
                     from tensorboardX import SummaryWriter
-                    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+                    self._tb = SummaryWriter(self._tensorboard_dir(workdir / "tensorboard"))
                 except ImportError:
                     logger.warning("tensorboardX is not installed: no TensorBoard event files")
+
+    def _tensorboard_dir(self, target) -> str:
+        """Where tensorboardX writes: `target` when it can write there (local paths; gs:// with
+        google-cloud-storage installed, tensorboardX's own GCS writer), else a local temp dir copied
+        to `target` on close()."""
+        if not paths.is_url(target) or _tensorboardx_writes(target):
+            return os.fspath(target)
+        local = tempfile.mkdtemp(prefix="bert_jax_tensorboard_")
+        logger.warning("tensorboardX cannot write to %s (its gs:// writer needs google-cloud-storage): writing "
+                       "TensorBoard event files to %s and copying them there when the run ends", target, local)
+        self._tb_upload = (local, target)
+        return local
 
     def write(self, step: int, metrics: Mapping[str, float], prefix: str = "train") -> None:
         if not self.enabled:
             return
         values = {k: float(np.asarray(v)) for k, v in metrics.items()}
-        with open(self.jsonl_path, "a") as f:
-            f.write(json.dumps({"step": int(step), "split": prefix, "time": time.time(), **values}) + "\n")
+        paths.append_line(self.jsonl_path, json.dumps({"step": int(step), "split": prefix, "time": time.time(),
+                                                       **values}))
         if self._tb is not None:
             for key, value in values.items():
                 self._tb.add_scalar(f"{prefix}/{key}", value, int(step))
@@ -54,11 +74,23 @@ class MetricsWriter:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+            self._tb = None
+        if self._tb_upload is not None:
+            local, target = self._tb_upload
+            paths.copy_tree(local, target)
+            shutil.rmtree(local, ignore_errors=True)
+            self._tb_upload = None
 
 
-def read_jsonl(path: str) -> list:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+def _tensorboardx_writes(url) -> bool:
+    """Whether tensorboardX can write event files to `url` itself."""
+    from tensorboardX import record_writer
+    return os.fspath(url).startswith("gs://") and bool(getattr(record_writer, "GCS_ENABLED", False))
+
+
+def read_jsonl(path: paths.PathLike) -> list:
+    text = paths.workdir_path(path).read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def format_metrics(step: int, total: int, metrics: Mapping[str, float]) -> str:

@@ -24,7 +24,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from bert_jax import sharding
 from bert_jax.config import BertConfig
 from bert_jax.modeling import BertForMaskedLM, BertForPreTraining
-from bert_jax.training import checkpoints, data as training_data, metrics as metrics_lib, steps
+from bert_jax.training import checkpoints, data as training_data, metrics as metrics_lib, paths, steps
 from bert_jax.training.optim import make_optimizer
 
 logger = logging.getLogger(__name__)
@@ -68,19 +68,20 @@ def build_model(config: ml_collections.ConfigDict, model_config: BertConfig):
     return BertForPreTraining(model_config) if config.objective == "mlm_nsp" else BertForMaskedLM(model_config)
 
 
-def write_model_files(workdir: str, config: ml_collections.ConfigDict, model_config: BertConfig,
+def write_model_files(workdir: paths.PathLike, config: ml_collections.ConfigDict, model_config: BertConfig,
                       tokenizer: Optional[Any]) -> None:
     """What `bert_jax.export` reads besides the checkpoints: `model_config.json` (the HF config, with
     the pretraining architecture) and `tokenizer/` (kept if already there: the run's own trained
     vocab, or the one from an earlier start of this run)."""
     architecture = "BertForPreTraining" if config.objective == "mlm_nsp" else "BertForMaskedLM"
-    checkpoints.write_json(os.path.join(workdir, "model_config.json"), model_config.to_hf([architecture]))
-    saved = os.path.join(workdir, "tokenizer")
-    if tokenizer is not None and not os.path.isfile(os.path.join(saved, "vocab.txt")):
+    workdir = paths.workdir_path(workdir)
+    paths.write_json(workdir / "model_config.json", model_config.to_hf([architecture]))
+    saved = workdir / "tokenizer"
+    if tokenizer is not None and not (saved / "vocab.txt").is_file():
         tokenizer.save(saved)
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: paths.PathLike) -> Dict[str, Any]:
     """Evaluates the latest checkpoint in `workdir` on the held-out batches."""
     return train_and_evaluate(config, workdir, eval_only=True)
 
@@ -109,7 +110,7 @@ class Run:
     step_flops: float  # model FLOPs of one training step (global batch)
 
 
-def build_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
+def build_run(config: ml_collections.ConfigDict, workdir: paths.PathLike) -> Run:
     """Mesh, input pipeline, model, optimizer, initial state and the jitted steps for `config`
     (shared by `train_and_evaluate` and benchmarks/loop_overhead.py, which times the bare step)."""
     mesh = sharding.create_mesh(sharding.MeshConfig(ici_parallelism=tuple(config.mesh.ici_parallelism),
@@ -141,18 +142,19 @@ def build_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
     return Run(mesh, rules, data, model_config, model, state, train_step, eval_step, step_flops)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, eval_only: bool = False) -> Dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: paths.PathLike, eval_only: bool = False) -> Dict[str, Any]:
     """Runs (or resumes) the run in `workdir`; returns the final train and eval metrics.
 
-    Writes into `workdir`: config.json (the effective config), model_config.json + tokenizer/ (for
-    export), checkpoints/, metrics.jsonl, tensorboard/ and, at the end, final_metrics.json."""
+    Writes into `workdir` (a local directory or a gs:// URL, see `paths`): config.json (the effective
+    config), model_config.json + tokenizer/ (for export), checkpoints/, metrics.jsonl, tensorboard/
+    and, at the end, final_metrics.json."""
     _check_loop_config(config)
     sharding.maybe_initialize_distributed()
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    workdir = paths.workdir_path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
     if is_main:
-        checkpoints.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+        paths.write_json(workdir / "config.json", config.to_dict())
 
     run = build_run(config, workdir)
     if is_main:
@@ -160,7 +162,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, eval_onl
     mesh, rules, data, model, state = run.mesh, run.rules, run.data, run.model, run.state
 
     best_metric = config.get("best_metric", "") or None
-    ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=config.checkpoint_every,
+    ckpt = checkpoints.Checkpointer(workdir / "checkpoints", save_every=config.checkpoint_every,
                                     keep=config.keep_checkpoints, async_save=config.get("async_checkpointing", True),
                                     best_metric=best_metric, best_mode=config.get("best_mode", "max"))
     train_iter = iter(data.train_loader)
@@ -200,7 +202,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, eval_onl
     with sharding.activation_context(mesh, rules), _Preemption() as preemption, progress:
         for step in range(start_step, config.total_steps):
             if profile_at and step == start_step + 2:
-                jax.profiler.start_trace(os.path.join(workdir, "profile"))
+                jax.profiler.start_trace(os.fspath(workdir / "profile"))
             batch = sharding.make_global_batch(next(train_iter), mesh, rules)
             state, step_metrics = train_step(state, batch)
             pending.append(step_metrics)
@@ -256,17 +258,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, eval_onl
                         last_good = done
                 break
     ckpt.wait()
-    final_path = os.path.join(workdir, "final_metrics.json")
-    if start_step >= config.total_steps and os.path.isfile(final_path):
+    final_path = workdir / "final_metrics.json"
+    if start_step >= config.total_steps and final_path.is_file():
         # Rerun of a finished run: nothing trained, so the finished run's metrics stay as they are.
-        final = checkpoints.read_json(final_path)
+        final = paths.read_json(final_path)
     else:
         final = {"step": int(state.step), "train": train_metrics, "eval": eval_metrics,
                  "preempted": preemption.requested}
         if best_metric:
             final["best_step"] = ckpt.best_step()
         if is_main:
-            checkpoints.write_json(final_path, final)
+            paths.write_json(final_path, final)
     ckpt.close()
     writer.close()
     return dict(final, state=state, model=model, data=data)
@@ -299,14 +301,15 @@ def _initial_params(config, model, mesh, rules, shardings):
     source = config.get("init_from") or ""
     if not source:
         return sharding.sharded_init(model, mesh, rules, jax.random.PRNGKey(config.seed), shardings=shardings)
-    if os.path.isfile(os.path.join(source, "config.json")) and not os.path.isdir(os.path.join(source, "checkpoints")):
+    source_dir = paths.workdir_path(source)  # a local HF directory, or a bert_jax workdir (local or gs://)
+    if (source_dir / "config.json").is_file() and not (source_dir / "checkpoints").is_dir():
         from bert_jax.hf import load_hf_checkpoint
         _, params = load_hf_checkpoint(source, type(model), **{"scan_layers": model.config.scan_layers})
         return sharding.shard_params(params, shardings)
     abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                             jax.eval_shape(lambda: sharding.sharded_init(model, mesh, rules, shardings=shardings)),
                             shardings)
-    directory = os.path.join(source, "checkpoints") if os.path.isdir(os.path.join(source, "checkpoints")) else source
+    directory = source_dir / "checkpoints" if (source_dir / "checkpoints").is_dir() else source_dir
     return checkpoints.restore_params(directory, abstract)
 
 
