@@ -372,29 +372,15 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule, micro_bat
 
     def train_step(state: steps.TrainState, batch):
         step_rng = jax.random.fold_in(state.rng, state.step)
-        if micro_batches == 1:
-            loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, step_rng)
-        else:
-            split = jax.tree.map(lambda x: x.reshape((micro_batches, -1) + x.shape[1:]), batch)
-
-            def body(carry, xs):
-                micro, index = xs
-                out = jax.value_and_grad(loss_fn)(state.params, micro, jax.random.fold_in(step_rng, index))
-                return jax.tree.map(jnp.add, carry, out), None
-
-            zero = jax.tree.map(jnp.zeros_like, (jnp.zeros((), jnp.float32), state.params))
-            (loss, grads), _ = jax.lax.scan(body, zero, (split, jnp.arange(micro_batches)))
-            loss, grads = jax.tree.map(lambda x: x / micro_batches, (loss, grads))
+        loss_and_grads = lambda micro, index: jax.value_and_grad(loss_fn)(state.params, micro,
+                                                                          jax.random.fold_in(step_rng, index))
+        loss, grads = jax.tree.map(lambda x: x / micro_batches,
+                                   steps.sum_over_micro_batches(loss_and_grads, batch, micro_batches))
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        if skip_nonfinite:
-            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-            params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
         metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state.step),
                    "finite": finite.astype(jnp.float32)}
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        return steps.apply_gradients(state, grads, tx, finite, skip_nonfinite), metrics
 
     return train_step
 

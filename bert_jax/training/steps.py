@@ -69,6 +69,34 @@ def _summarise(sums, mlm_denominator, nsp_denominator) -> Dict[str, Array]:
     return metrics
 
 
+def sum_over_micro_batches(fn: Callable[[Dict[str, Array], Array], Any], batch: Dict[str, Array],
+                           micro_batches: int) -> Any:
+    """Sum of `fn(micro_batch, index)` over `micro_batches` equal row slices of `batch` (one
+    `lax.scan`, so memory is that of one micro-batch); `fn(batch, 0)` when `micro_batches` is 1."""
+    if micro_batches == 1:
+        return fn(batch, jnp.asarray(0))
+    split = jax.tree.map(lambda x: x.reshape((micro_batches, -1) + x.shape[1:]), batch)
+
+    def body(carry, xs):
+        return jax.tree.map(jnp.add, carry, fn(*xs)), None
+
+    zero = jax.tree.map(jnp.zeros_like, jax.eval_shape(fn, jax.tree.map(lambda x: x[0], split), jnp.asarray(0)))
+    total, _ = jax.lax.scan(body, zero, (split, jnp.arange(micro_batches)))
+    return total
+
+
+def apply_gradients(state: TrainState, grads: Any, tx: optax.GradientTransformation, finite: Array,
+                    skip_nonfinite: bool) -> TrainState:
+    """One optimizer step; with `skip_nonfinite` a step whose loss or gradients are not finite keeps
+    the old params and optimizer state (the step counter still advances)."""
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    if skip_nonfinite:
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+        params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+
+
 def make_train_step(model, tx: optax.GradientTransformation, schedule: Callable, *, micro_batches: int = 1,
                     skip_nonfinite: bool = False) -> Callable[[TrainState, Dict[str, Array]], Tuple[TrainState, Dict]]:
     """Returns `train_step(state, batch) -> (state, metrics)`; batch rows must divide by `micro_batches`."""
@@ -84,29 +112,12 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: Callable,
             (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
             return grads, sums
 
-        if micro_batches == 1:
-            grads, sums = grads_of(batch, 0)
-        else:
-            split = jax.tree.map(lambda x: x.reshape((micro_batches, -1) + x.shape[1:]), batch)
-
-            def body(carry, xs):
-                micro, index = xs
-                grads, sums = grads_of(micro, index)
-                return jax.tree.map(jnp.add, carry, (grads, sums)), None
-
-            zero = jax.tree.map(jnp.zeros_like, jax.eval_shape(grads_of, jax.tree.map(lambda x: x[0], split), 0))
-            (grads, sums), _ = jax.lax.scan(body, zero, (split, jnp.arange(micro_batches)))
-
+        grads, sums = sum_over_micro_batches(grads_of, batch, micro_batches)
         metrics = _summarise(sums, mlm_den, nsp_den)
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        if skip_nonfinite:  # keep the old params and optimizer state for a bad step
-            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-            params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
         metrics.update(grad_norm=grad_norm, learning_rate=schedule(state.step), finite=finite.astype(jnp.float32))
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        return apply_gradients(state, grads, tx, finite, skip_nonfinite), metrics
 
     return train_step
 
