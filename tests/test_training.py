@@ -334,7 +334,7 @@ def test_gradient_accumulation_equals_big_batch():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), new1.params, new4.params)
 
 
-def test_nonfinite_skip_keeps_params_and_stop_raises(corpus, tmp_path):
+def test_nonfinite_skip_keeps_params(corpus, tmp_path):
     batch = _batch()
     batch["masked_lm_weights"] = batch["masked_lm_weights"] * np.float32("nan")
     config = bert_jax.BertConfig(**cases.TINY)
@@ -347,6 +347,26 @@ def test_nonfinite_skip_keeps_params_and_stop_raises(corpus, tmp_path):
     new, metrics = jax.jit(steps.make_train_step(model, tx, schedule, skip_nonfinite=True))(state, batch)
     assert float(metrics["finite"]) == 0.0 and int(new.step) == 1
     jax.tree.map(np.testing.assert_array_equal, new.params, params)
+
+
+def test_nonfinite_steps_stop_names_the_step_and_last_good_checkpoint():
+    from bert_jax.training import trainer
+
+    class Checkpoints:
+        directory, waited = "/runs/x/checkpoints", False
+
+        def wait(self):  # pending async saves finish before the run stops
+            self.waited = True
+
+    fetched = [{"finite": 1.0}, {"finite": 0.0}, {"finite": 1.0}, {"finite": 0.0}]
+    ckpt = Checkpoints()
+    assert trainer.nonfinite_steps(fetched, 10, "skip", ckpt, 8) == [12, 14] and not ckpt.waited
+    assert trainer.nonfinite_steps(fetched[:1], 10, "stop", ckpt, 8) == []
+    with pytest.raises(trainer.NonFiniteError, match=r"at step 12; last good checkpoint: 8 in /runs/x/checkpoints"):
+        trainer.nonfinite_steps(fetched, 10, "stop", ckpt, 8)
+    assert ckpt.waited
+    with pytest.raises(trainer.NonFiniteError, match="last good checkpoint: none"):
+        trainer.nonfinite_steps(fetched, 0, "stop", ckpt, None)
 
 
 def test_overrides_reach_the_run_and_rerun_resumes(corpus, tmp_path):

@@ -49,7 +49,7 @@ from bert_jax.tasks import Features, Task, get_task
 from bert_jax.tokenization import BertTokenizer, train_wordpiece
 from bert_jax.training import checkpoints, metrics as metrics_lib, paths, steps
 from bert_jax.training.optim import make_optimizer
-from bert_jax.training.trainer import NonFiniteError, _Preemption
+from bert_jax.training.trainer import _Preemption, nonfinite_steps
 
 logger = logging.getLogger(__name__)
 
@@ -528,13 +528,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: paths.PathLik
             if not (is_log or is_save):
                 continue
             fetched = jax.device_get(pending)
-            bad = [synced + i + 1 for i, m in enumerate(fetched) if not m["finite"]]
+            nonfinite_steps(fetched, synced, config.on_nonfinite, ckpt, last_good)
             window.extend(fetched)
             synced, pending = synced + len(fetched), []
-            if bad and config.on_nonfinite == "stop":
-                ckpt.wait()
-                raise NonFiniteError(f"non-finite loss or gradients at step {bad[0]}; last good checkpoint: "
-                                     f"{last_good if last_good is not None else 'none'} in {ckpt.directory}")
             if is_log:
                 now = time.perf_counter()
                 elapsed, last_log, paused = max(now - last_log - paused, 1e-9), now, 0.0

@@ -219,13 +219,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: paths.PathLik
             if not (is_log or is_save or is_eval):
                 continue  # the step stays in flight: no host sync between log points
             fetched = jax.device_get(pending)
-            bad = [synced + i + 1 for i, m in enumerate(fetched) if not m["finite"]]
+            bad = nonfinite_steps(fetched, synced, config.on_nonfinite, ckpt, last_good)
             window.extend(fetched)
             synced, skipped, pending = synced + len(fetched), skipped + len(bad), []
-            if bad and config.on_nonfinite == "stop":
-                ckpt.wait()
-                raise NonFiniteError(f"non-finite loss or gradients at step {bad[0]}; last good checkpoint: "
-                                     f"{last_good if last_good is not None else 'none'} in {ckpt.directory}")
             if is_log:
                 now = time.perf_counter()
                 elapsed, last_log, paused = max(now - last_log - paused, 1e-9), now, 0.0
@@ -272,6 +268,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: paths.PathLik
     ckpt.close()
     writer.close()
     return dict(final, state=state, model=model, data=data)
+
+
+def nonfinite_steps(fetched: list, synced: int, on_nonfinite: str, ckpt, last_good: Optional[int]) -> list:
+    """Steps (1-based) among the just-fetched step metrics whose loss or gradients were not finite;
+    with `on_nonfinite="stop"` the first one raises `NonFiniteError` naming the last good checkpoint."""
+    bad = [synced + i + 1 for i, m in enumerate(fetched) if not m["finite"]]
+    if bad and on_nonfinite == "stop":
+        ckpt.wait()
+        raise NonFiniteError(f"non-finite loss or gradients at step {bad[0]}; last good checkpoint: "
+                             f"{last_good if last_good is not None else 'none'} in {ckpt.directory}")
+    return bad
 
 
 def _steps_since_last_log(done: int, log_every: int, start_step: int) -> int:
