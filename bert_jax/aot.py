@@ -25,6 +25,7 @@ compiler's.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import logging
 import math
@@ -107,6 +108,8 @@ def _gpu_target_config(path: str) -> str:
         with open(path) as f:
             return f.read()
     import jax
+    # jax has no public getter for an attached GPU's target config (jax.experimental.topologies builds
+    # topologies from one but does not expose it); this is the one private call in bert_jax.
     from jax._src.lib import xla_client
     try:
         gpus = jax.devices("gpu")
@@ -123,8 +126,7 @@ def target_devices(target: Target, gpu_target_config: str = "") -> list:
         return cpu_devices(target.num_devices)
     kwargs = dict(target.topology_kwargs)
     if target.platform == "tpu":
-        from jax._src import xla_bridge
-        if xla_bridge.get_tpu_library_path() is None and not _plugin_loaded("tpu"):
+        if not has_libtpu():
             raise TargetUnavailable(f"compiling for {target.name} needs libtpu, which is not installed here "
                                     "(pip install 'jax[tpu]'; libtpu runs on any Linux x86 host, no TPU needed)")
         try:
@@ -132,7 +134,7 @@ def target_devices(target: Target, gpu_target_config: str = "") -> list:
         except Exception as e:  # noqa: BLE001  (libtpu's errors are plain RuntimeErrors / XlaRuntimeErrors)
             raise TargetUnavailable(f"libtpu could not describe {target.name} ({kwargs}): {e}") from e
     else:
-        if not _has_cuda_plugin():
+        if not has_cuda_plugin():
             raise TargetUnavailable(f"compiling for {target.name} needs the CUDA PJRT plugin, which is not "
                                     "installed here (pip install 'jax[cuda13]' or 'jax[cuda12]'; no GPU needed "
                                     "with --gpu_target_config)")
@@ -150,27 +152,23 @@ def target_devices(target: Target, gpu_target_config: str = "") -> list:
     return list(devices)
 
 
-def _has_cuda_plugin() -> bool:
-    """Whether a CUDA PJRT plugin is installed (it registers the "cuda" topology factory)."""
-    from jax._src import xla_bridge
-    try:
-        xla_bridge._discover_and_register_pjrt_plugins()  # no public query for this in jax 0.10
-    except Exception:  # noqa: BLE001  (a broken plugin install: treat as absent)
-        return False
-    return "cuda" in xla_bridge._topology_factories
+def has_libtpu() -> bool:
+    """Whether libtpu (the TPU compiler, `pip install 'jax[tpu]'`) is installed."""
+    return importlib.util.find_spec("libtpu") is not None
 
 
-def _plugin_loaded(name: str) -> bool:
-    from jax._src.lib import xla_client
-    return xla_client.pjrt_plugin_loaded(name)
+def has_cuda_plugin() -> bool:
+    """Whether a CUDA PJRT plugin (`pip install 'jax[cuda13]'` or `'jax[cuda12]'`) is installed."""
+    return any(importlib.util.find_spec(name) is not None for name in ("jax_cuda13_plugin", "jax_cuda12_plugin"))
 
 
 def cpu_devices(n: int) -> list:
     """n CPU devices: sets jax_num_cpu_devices (only possible before the CPU backend starts)."""
     import jax
-    from jax._src import xla_bridge
-    if not xla_bridge.backends_are_initialized():
+    try:
         jax.config.update("jax_num_cpu_devices", n)
+    except RuntimeError:  # the CPU backend already started: it keeps the devices it has (checked below)
+        pass
     devices = jax.devices("cpu")
     if len(devices) < n:
         raise RuntimeError(f"need {n} CPU devices but the CPU backend already started with {len(devices)}: "

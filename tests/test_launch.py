@@ -289,18 +289,13 @@ def test_aot_cpu8_reports_per_device_memory(background):
                                                       ("8xH100", "needs the CUDA PJRT plugin", 8)])
 def test_aot_unavailable_target_says_what_is_missing(topology, missing, devices):
     from bert_jax import aot
-    if _libtpu_installed() if topology.startswith("v") else aot._has_cuda_plugin():
+    if aot.has_libtpu() if topology.startswith("v") else aot.has_cuda_plugin():
         pytest.skip(f"the compiler for {topology} is installed here")
     proc = subprocess.run([sys.executable, "-m", "bert_jax.aot", "--config=configs/pretrain.py:runlocal",
                            f"--topology={topology}", "--fallback=false"],
                           cwd=ROOT, env=CHILD_ENV, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert missing in proc.stderr and f"--fallback to compile for cpu:{devices}" in proc.stderr, proc.stderr
-
-
-def _libtpu_installed() -> bool:
-    from jax._src import xla_bridge
-    return xla_bridge.get_tpu_library_path() is not None
 
 
 def test_local_multiprocess_timeout_stops_every_process(tmp_path):
