@@ -105,11 +105,26 @@ def _numeric_aware_sort(names):
         return sorted(names)
 
 
-class TextClassificationTask(Task):
+class TextPairTask(Task):
+    """A sequence-classification task over `TextExample`s (sentence or sentence pair): one featurizer
+    and one logits -> predictions mapping for GLUE and the user's own data."""
+
+    head = "sequence_classification"
+
+    def featurize(self, examples, tokenizer, max_seq_length, split) -> Features:
+        return Features(featurize_text_pairs(examples, tokenizer, max_seq_length),
+                        label_arrays(examples, self.problem_type()))
+
+    def postprocess(self, outputs, features, examples) -> np.ndarray:
+        """Class ids [N] (argmax of logits [N, C]), scores [N] (regression, logits [N, 1]) or 0/1 [N, C]
+        (multi-label)."""
+        return logits_to_predictions(outputs["logits"], self.problem_type())
+
+
+class TextClassificationTask(TextPairTask):
     """Classification / regression of `text_column` (and `text_pair_column`) against `label_column`."""
 
     name = "classify"
-    head = "sequence_classification"
 
     def __init__(self, config):
         super().__init__(config)
@@ -220,14 +235,7 @@ class TextClassificationTask(Task):
         limit = self.config.get("max_train_examples" if split == "train" else "max_eval_examples", -1)
         return readers.cap(examples, limit)
 
-    def featurize(self, examples, tokenizer, max_seq_length, split):
-        return Features(featurize_text_pairs(examples, tokenizer, max_seq_length),
-                        label_arrays(examples, self.problem_type()))
-
     # ---- evaluation -----------------------------------------------------------------------------------
-    def postprocess(self, outputs, features, examples) -> np.ndarray:
-        return logits_to_predictions(outputs["logits"], self.problem_type())
-
     def metrics(self, predictions, examples) -> Dict[str, float]:
         labels = gold_labels(examples)
         if self.kind == "regression":

@@ -24,9 +24,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from bert_jax.tasks import metrics, readers
-from bert_jax.tasks.base import Features, Task
-from bert_jax.tasks.classification import (TextExample, featurize_text_pairs, gold_labels, label_arrays,
-                                           logits_to_predictions, write_index_tsv)
+from bert_jax.tasks.classification import TextExample, TextPairTask, gold_labels, write_index_tsv
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +80,7 @@ AX_FILES = ("AX.tsv", "diagnostic.tsv", os.path.join("diagnostic", "diagnostic.t
 SUBMISSION_NAMES = {"test_matched": "MNLI-m", "test_mismatched": "MNLI-mm", "ax": "AX"}
 
 
-class GlueTask(Task):
+class GlueTask(TextPairTask):
     """One GLUE task, chosen by `config.task.glue_task` (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli).
 
     Examples are `TextExample`s; predictions are class ids [N] (STS-B: scores [N]). MNLI evaluates on
@@ -90,7 +88,6 @@ class GlueTask(Task):
     diagnostic (`predict_splits`; `predict_split` is the first of them).
     """
 
-    head = "sequence_classification"
 
     def __init__(self, config):
         super().__init__(config)
@@ -206,15 +203,7 @@ class GlueTask(Task):
         # ArrayRecord order is a shuffle of the TSV rows; `idx` restores the file order.
         return sorted(examples, key=lambda e: e.index)
 
-    def featurize(self, examples, tokenizer, max_seq_length, split) -> Features:
-        return Features(featurize_text_pairs(examples, tokenizer, max_seq_length),
-                        label_arrays(examples, self.problem_type()))
-
     # ---- evaluation -----------------------------------------------------------------------------------
-    def postprocess(self, outputs, features, examples) -> np.ndarray:
-        """Class ids [N] (argmax of logits [N, C]) or STS-B scores [N] (logits [N, 1])."""
-        return logits_to_predictions(outputs["logits"], self.problem_type())
-
     def metrics(self, predictions, examples) -> Dict[str, float]:
         labels = gold_labels(examples)
         return metrics.glue_metrics(self.glue_task, np.asarray(predictions), labels)
