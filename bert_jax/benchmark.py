@@ -2,7 +2,7 @@
 transformers' PyTorch `BertForMaskedLM` in the same process, on the same synthetic batch.
 
     python -m bert_jax.benchmark --config=base --batch=8 --seq=128 [--dtype=float32|bfloat16]
-        [--steps=10 --warmup=3] [--mode=train,infer] [--mlm_head=sparse,dense] [--no-torch]
+        [--steps=10 --warmup=3] [--mode=train,infer] [--mlm_head=sparse,dense] [--notorch]
         [--mlm_fraction=0.15] [--attention_impl=xla] [--output=benchmarks/results/<machine>.md]
 
 What is measured
@@ -32,12 +32,11 @@ What is measured
     the process RSS during the timed steps over the RSS before the model was built (approximate:
     allocators keep freed memory).
 
-torch and transformers are optional: without them (or with --no-torch) only the JAX side runs.
+torch and transformers are optional: without them (or with --notorch) only the JAX side runs.
 """
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import dataclasses
 import datetime
@@ -56,6 +55,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import app, flags
 
 from bert_jax.config import BertConfig
 from bert_jax.modeling import BertForMaskedLM, init_params
@@ -479,36 +479,43 @@ def torch_available() -> Optional[str]:
     return None
 
 
+def torch_device() -> str:
+    """'cuda' when JAX runs on a GPU and torch sees one (both sides on the accelerator), else 'cpu'."""
+    import torch
+    return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+
+
 def prepare_torch(config: BertConfig, data: Dict[str, np.ndarray], mode: str, head: str, seed: int = 0,
                   threads: Optional[int] = None) -> Prepared:
     """Builds transformers' PyTorch BertForMaskedLM (sdpa attention) for one (mode, head) variant.
 
-    bfloat16 runs under `torch.autocast('cpu', bfloat16)` with float32 weights (mixed precision,
-    as the JAX side). Memory: one extra, untimed step with the heap sampled; peak = tensors held
+    Runs on CUDA when JAX runs on a GPU, else on the CPU. bfloat16 runs under `torch.autocast` with
+    float32 weights (mixed precision, as the JAX side). Each step ends synchronised (CUDA) so step
+    times are wall-clock, like JAX's `block_until_ready`. Memory: CUDA's `max_memory_allocated`
+    over one extra step; on CPU one extra, untimed step with the heap sampled: peak = tensors held
     before it (params, grads, AdamW state) + the heap's growth during it."""
     import torch
     import torch.nn.functional as F
     import transformers
 
+    device = torch_device()
     torch.set_num_threads(threads or num_cores())
     torch.manual_seed(seed)
     hf_config = transformers.BertConfig(**config.to_hf())
-    model = transformers.BertForMaskedLM._from_config(hf_config, attn_implementation="sdpa")
+    model = transformers.BertForMaskedLM._from_config(hf_config, attn_implementation="sdpa").to(device)
     if model.config._attn_implementation != "sdpa":
         raise RuntimeError(f"transformers picked attention {model.config._attn_implementation!r}, not sdpa")
     autocast = config.dtype == "bfloat16"
 
-    ids = torch.from_numpy(data["input_ids"]).long()
-    mask = torch.from_numpy(data["attention_mask"]).long()
-    types = torch.from_numpy(data["token_type_ids"]).long()
-    positions = torch.from_numpy(data["masked_positions"]).long()
-    rows = torch.arange(ids.shape[0])[:, None]
-    labels = torch.from_numpy(data["labels"]).long()
-    dense_labels = torch.from_numpy(data["dense_labels"]).long()
+    as_tensor = lambda key: torch.from_numpy(data[key]).long().to(device)
+    ids, mask, types = as_tensor("input_ids"), as_tensor("attention_mask"), as_tensor("token_type_ids")
+    positions, labels, dense_labels = as_tensor("masked_positions"), as_tensor("labels"), as_tensor("dense_labels")
+    rows = torch.arange(ids.shape[0], device=device)[:, None]
     vocab = config.vocab_size
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def forward(with_loss: bool):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
             if head == "sparse":
                 hidden = model.bert(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
                 logits = model.cls(hidden[rows, positions])
@@ -530,12 +537,14 @@ def prepare_torch(config: BertConfig, data: Dict[str, np.ndarray], mode: str, he
             loss.backward()
             opt.step()
             state["loss"] = loss.detach()
+            sync()
     else:
         model.eval()
 
         def step():
             with torch.inference_mode():
                 forward(False)
+            sync()
 
     def held_bytes() -> int:
         tensors = list(model.parameters()) + [p.grad for p in model.parameters() if p.grad is not None]
@@ -545,6 +554,10 @@ def prepare_torch(config: BertConfig, data: Dict[str, np.ndarray], mode: str, he
 
     def memory():
         gc.collect()
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            step()
+            return int(torch.cuda.max_memory_allocated()), "torch.cuda.max_memory_allocated (1 step)"
         held = held_bytes()
         with _PeakSampler() as sampler:
             step()
@@ -619,11 +632,12 @@ def run_benchmark(config: str = "base", batch: int = 8, seq: int = 128, dtype: s
         torch_reason = torch_available()
         if torch_reason:
             log(f"[benchmark] PyTorch side skipped: torch/transformers not importable ({torch_reason}); "
-                "install torch and transformers or pass --no-torch")
+                "install torch and transformers or pass --notorch")
     else:
-        torch_reason = "disabled (--no-torch)"
+        torch_reason = "disabled (--notorch)"
     run_torch = torch_reason is None
-    meta["torch_side"] = "transformers BertForMaskedLM, sdpa" if run_torch else f"skipped: {torch_reason}"
+    meta["torch_side"] = (f"transformers BertForMaskedLM, sdpa, on {torch_device()}" if run_torch
+                          else f"skipped: {torch_reason}")
     if run_torch:
         import torch as _torch
         _torch.set_num_threads(num_cores())
@@ -653,7 +667,7 @@ def run_benchmark(config: str = "base", batch: int = 8, seq: int = 128, dtype: s
     for mode in modes:
         for head in heads:
             # Both frameworks' steps alternate (JAX, torch, JAX, ...) so that background load on a
-            # shared machine hits both alike; --no-interleave times them one after the other.
+            # shared machine hits both alike; --nointerleave times them one after the other.
             prepared = {}
             for fw in frameworks:
                 log(f"[benchmark] {fw} {mode} {head}: {'compiling' if fw == 'jax' else 'building'} ...")
@@ -772,54 +786,92 @@ def append_markdown(path: str, text: str) -> None:
         f.write(text)
 
 
-def _csv(value: str) -> List[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
+# Above this many cores of other load, timings are contaminated (other jobs slow PyTorch more than XLA).
+MAX_BACKGROUND_CORES = 0.3
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bert_jax.benchmark", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="base", choices=list(MODEL_CONFIGS))
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--seq", type=int, default=128)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps after compilation")
-    p.add_argument("--mode", type=_csv, default=["train", "infer"], help="comma list of train,infer")
-    p.add_argument("--mlm_head", type=_csv, default=["sparse", "dense"],
-                   help="comma list: sparse (logits at masked positions) and/or dense (all positions)")
-    p.add_argument("--torch", dest="torch", action="store_true", default=True)
-    p.add_argument("--no-torch", "--no_torch", "--notorch", dest="torch", action="store_false",
-                   help="skip the PyTorch comparison")
-    p.add_argument("--mlm_fraction", type=float, default=0.15)
-    p.add_argument("--attention_impl", default="xla")
-    p.add_argument("--no-dropout", "--no_dropout", dest="dropout", action="store_false", default=True,
-                   help="train without dropout (both sides)")
-    p.add_argument("--no-interleave", "--no_interleave", dest="interleave", action="store_false", default=True,
-                   help="time JAX then torch instead of alternating their steps")
-    p.add_argument("--matmul_size", type=int, default=4096, help="CPU reference matmul size (0 = skip)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output", default=None, help="append the markdown report to this file")
-    return p.parse_args(argv)
+def max_background_cores(result: Dict[str, Any]) -> Optional[float]:
+    """The most other-process load seen while any variant was timed (None where unmeasurable)."""
+    loads = [r.get("background_cores") for r in result["rows"] if r.get("background_cores") is not None]
+    return max(loads) if loads else None
 
 
-def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    args = parse_args(argv)
-    result = run_benchmark(config=args.config, batch=args.batch, seq=args.seq, dtype=args.dtype, steps=args.steps,
-                           warmup=args.warmup, modes=args.mode, heads=args.mlm_head, torch=args.torch,
-                           mlm_fraction=args.mlm_fraction, attention_impl=args.attention_impl,
-                           dropout=args.dropout, matmul_size=args.matmul_size, seed=args.seed,
-                           interleave=args.interleave)
-    command = "python -m bert_jax.benchmark " + " ".join(
-        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+def write_output(path: str, text: str, result: Dict[str, Any], allow_loaded: bool = False) -> None:
+    """Appends the report to `path` only if the machine was quiet while timing (else SystemExit),
+    or, with `allow_loaded`, with a banner saying the figures are contaminated."""
+    load = max_background_cores(result)
+    if load is not None and load > MAX_BACKGROUND_CORES:
+        if not allow_loaded:
+            raise SystemExit(
+                f"not writing {path}: other processes kept {load:.2f} cores busy while timing (limit "
+                f"{MAX_BACKGROUND_CORES}); these figures are not results. Rerun on a quiet machine, or pass "
+                "--output_when_loaded to record them marked as contaminated.")
+        text = (f"> **Contaminated:** other processes kept up to {load:.2f} cores busy while timing "
+                f"(limit {MAX_BACKGROUND_CORES}); written with --output_when_loaded. Not a result.\n\n" + text)
+    append_markdown(path, text)
+
+
+def define_flags(fv: flags.FlagValues) -> None:
+    """The command line (absl: --helpfull and --flagfile work), defined on `fv` only when run as a
+    program so that importing this module adds no global flags."""
+    flags.DEFINE_enum("config", "base", list(MODEL_CONFIGS), "Model size.", flag_values=fv)
+    flags.DEFINE_integer("batch", 8, "Sequences per step.", flag_values=fv)
+    flags.DEFINE_integer("seq", 128, "Tokens per sequence.", flag_values=fv)
+    flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype (params stay float32).",
+                      flag_values=fv)
+    flags.DEFINE_integer("steps", 10, "Timed steps (the median is reported).", flag_values=fv)
+    flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.", flag_values=fv)
+    flags.DEFINE_list("mode", ["train", "infer"], "Comma list of train, infer.", flag_values=fv)
+    flags.DEFINE_list("mlm_head", ["sparse", "dense"],
+                      "Comma list: sparse (logits at masked positions only), dense (at every position).", flag_values=fv)
+    for name, allowed in (("mode", {"train", "infer"}), ("mlm_head", {"sparse", "dense"})):
+        flags.register_validator(name, lambda values, allowed=allowed: set(values) <= allowed,
+                                 f"--{name} takes a comma list of {sorted(allowed)}", flag_values=fv)
+    flags.DEFINE_bool("torch", True, "Time transformers' PyTorch BertForMaskedLM in the same run (--notorch: skip).",
+                      flag_values=fv)
+    flags.DEFINE_float("mlm_fraction", 0.15, "Fraction of positions masked per row.", flag_values=fv)
+    flags.DEFINE_string("attention_impl", "xla", "bert_jax attention kernel (xla, dot_product, cudnn, pallas_gpu, "
+                        "pallas_tpu, auto).", flag_values=fv)
+    flags.DEFINE_bool("dropout", True, "Dropout 0.1 in training on both sides (--nodropout: off).", flag_values=fv)
+    flags.DEFINE_bool("interleave", True, "Alternate JAX and torch steps (--nointerleave: one after the other).",
+                      flag_values=fv)
+    flags.DEFINE_integer("matmul_size", 4096, "CPU reference matmul size (0 = skip).", flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "Seed of the synthetic batch and the parameters.", flag_values=fv)
+    flags.DEFINE_string("output", None, "Append the markdown report to this file (refused when other processes "
+                        f"kept more than {MAX_BACKGROUND_CORES} cores busy while timing).", flag_values=fv)
+    flags.DEFINE_bool("output_when_loaded", False, "Write --output even from a loaded machine; the file then says "
+                      "the figures are contaminated.", flag_values=fv)
+
+
+def parse_args(argv: Sequence[str]) -> flags.FlagValues:
+    """Parses `argv` (without the program name) on a fresh FlagValues; for tests and callers."""
+    fv = flags.FlagValues()
+    define_flags(fv)
+    fv(["bert_jax.benchmark"] + list(argv))
+    return fv
+
+
+def main(argv: Optional[Sequence[str]] = None, fv: Optional[flags.FlagValues] = None) -> Dict[str, Any]:
+    """Runs the benchmark for parsed flags `fv` (or parses `argv`); returns the result dict."""
+    if fv is None:
+        fv = parse_args(argv or [])
+        argv = list(argv or [])
+    else:
+        argv = list(argv or [])[1:]
+        result = run_benchmark(config=fv.config, batch=fv.batch, seq=fv.seq, dtype=fv.dtype, steps=fv.steps,
+                           warmup=fv.warmup, modes=fv.mode, heads=fv.mlm_head, torch=fv.torch,
+                           mlm_fraction=fv.mlm_fraction, attention_impl=fv.attention_impl, dropout=fv.dropout,
+                           matmul_size=fv.matmul_size, seed=fv.seed, interleave=fv.interleave)
+    command = "python -m bert_jax.benchmark " + " ".join(shlex.quote(a) for a in argv)
     text = format_markdown(result, command)
     print()
     print(text)
-    if args.output:
-        append_markdown(args.output, text)
-        print(f"[benchmark] appended to {args.output}")
+    if fv.output:
+        write_output(fv.output, text, result, allow_loaded=fv.output_when_loaded)
+        print(f"[benchmark] appended to {fv.output}")
     return result
 
 
 if __name__ == "__main__":
-    main()
+    define_flags(flags.FLAGS)
+    app.run(lambda argv: main(argv, flags.FLAGS) and None)

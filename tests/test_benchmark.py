@@ -52,3 +52,36 @@ def test_synthetic_batch_is_deterministic_and_consistent():
     assert (a["input_ids"][rows, pos] == benchmark.MASK_ID).all()
     assert (a["dense_labels"][rows, pos] == a["labels"]).all()
     assert (a["dense_labels"] != -100).sum() == pos.size
+
+
+def _result_with_load(load):
+    return {"rows": [{"background_cores": 0.01}, {"background_cores": load}, {"background_cores": None}]}
+
+
+def test_output_refused_when_machine_loaded(tmp_path):
+    """Figures taken while other processes keep > 0.3 cores busy are not results: no file is written."""
+    path = tmp_path / "results.md"
+    with pytest.raises(SystemExit, match=r"other processes kept 0\.75 cores busy"):
+        benchmark.write_output(str(path), "| jax | train |\n", _result_with_load(0.75))
+    assert not path.exists()
+    benchmark.write_output(str(path), "| jax | train |\n", _result_with_load(0.75), allow_loaded=True)
+    text = path.read_text()
+    assert "Contaminated" in text and "0.75 cores" in text and "| jax | train |" in text
+
+
+def test_output_written_when_quiet(tmp_path):
+    path = tmp_path / "results.md"
+    benchmark.write_output(str(path), "| jax | infer |\n", _result_with_load(0.2))
+    text = path.read_text()
+    assert "| jax | infer |" in text and "Contaminated" not in text
+
+
+def test_command_line_is_absl():
+    fv = benchmark.parse_args(["--config=tiny", "--mode=train", "--mlm_head=sparse,dense", "--notorch",
+                               "--nodropout", "--batch=4"])
+    assert (fv.config, fv.batch, fv.torch, fv.dropout) == ("tiny", 4, False, False)
+    assert fv.mlm_head == ["sparse", "dense"] and fv.mode == ["train"]
+    with pytest.raises(Exception, match="config"):
+        benchmark.parse_args(["--config=huge"])
+    with pytest.raises(Exception, match="mlm_head"):
+        benchmark.parse_args(["--mlm_head=sparse,wide"])
