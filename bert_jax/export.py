@@ -1,6 +1,6 @@
 """Export a bert_jax training run to a Hugging Face directory in one command.
 
-    python -m bert_jax.export --checkpoint=WORKDIR --output=DIR [--step=N] [--model-class=NAME]
+    python -m bert_jax.export --checkpoint=WORKDIR --output=DIR [--step=N] [--model_class=NAME]
 
 WORKDIR is what a bert_jax trainer (pretraining via `bert_jax.main`, or fine-tuning) writes:
 
@@ -19,7 +19,6 @@ not) is recognised from the saved tree. Weights are written as float32 by defaul
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -29,6 +28,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from absl import app, flags
 from flax import traverse_util
 
 from bert_jax.config import BertConfig
@@ -223,22 +223,27 @@ def export(checkpoint: str, output: str, step: Optional[int] = None, model_class
             "tokenizer": has_tokenizer}
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bert_jax.export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="bert_jax workdir, or its checkpoints/ directory")
-    parser.add_argument("--output", required=True, help="Hugging Face directory to write")
-    parser.add_argument("--step", type=int, default=None,
-                        help="checkpoint step (default: final_metrics.json's best_step, else the newest)")
-    parser.add_argument("--model-class", default=None,
-                        help=f"export as this architecture (default: the run's); one of {sorted(MODEL_CLASSES)}")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: WORKDIR/tokenizer)")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="dtype of the weights")
-    args = parser.parse_args(argv)
+def define_flags(fv: flags.FlagValues) -> None:
+    """The command line (absl: --helpfull and --flagfile work), defined on `fv` only when run as a
+    program so that importing this module adds no global flags."""
+    flags.DEFINE_string("checkpoint", None, "bert_jax workdir, or its checkpoints/ directory.", flag_values=fv)
+    flags.DEFINE_string("output", None, "Hugging Face directory to write.", flag_values=fv)
+    flags.DEFINE_integer("step", None, "Checkpoint step (default: final_metrics.json's best_step, else the newest).",
+                         flag_values=fv)
+    flags.DEFINE_enum("model_class", None, sorted(MODEL_CLASSES), "Export as this architecture (default: the run's).",
+                      flag_values=fv)
+    flags.DEFINE_string("tokenizer", None, "Tokenizer directory (default: WORKDIR/tokenizer).", flag_values=fv)
+    flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "dtype of the weights.", flag_values=fv)
+    flags.mark_flags_as_required(["checkpoint", "output"], flag_values=fv)
+
+
+def run(fv: flags.FlagValues) -> int:
+    """Exports for parsed flags; 0 on success, 2 (message on stderr) on a clear error."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("bert_jax").setLevel(logging.INFO)  # ours, not orbax's/absl's INFO chatter
     try:
-        summary = export(args.checkpoint, args.output, step=args.step, model_class=args.model_class,
-                         tokenizer=args.tokenizer, dtype=args.dtype)
+        summary = export(fv.checkpoint, fv.output, step=fv.step, model_class=fv.model_class,
+                         tokenizer=fv.tokenizer, dtype=fv.dtype)
     except (ExportError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -246,5 +251,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
+def main(argv: Sequence[str]) -> int:
+    """Parses `argv` (without the program name) on a fresh FlagValues and exports; for tests and callers."""
+    fv = flags.FlagValues()
+    define_flags(fv)
+    try:
+        fv(["bert_jax.export"] + list(argv))
+    except flags.Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return run(fv)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    define_flags(flags.FLAGS)
+    app.run(lambda argv: sys.exit(run(flags.FLAGS)) if len(argv) == 1 else sys.exit(f"unexpected arguments: {argv[1:]}"))
