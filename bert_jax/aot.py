@@ -181,7 +181,7 @@ def cpu_devices(n: int) -> list:
 def vocab_size_of(config) -> int:
     """The vocab the run will have: config.model.vocab_size, else the vocab file's line count, else
     config.data.vocab_size (the size a vocab trained on the corpus aims at)."""
-    if config.model.get("vocab_size"):
+    if config.model.vocab_size:
         return int(config.model.vocab_size)
     vocab = config.data.get("vocab", "")
     if vocab:
@@ -332,7 +332,7 @@ def define_flags() -> None:
     """The command line (defined only when run as a program: importing this module for its functions
     must not clash with bert_jax.main's --config)."""
     config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:args]).",
-                                    lock_config=False)
+                                    lock_config=True)
     flags.DEFINE_string("topology", "cpu:8", "v5p-128 | v5e-256 | v4-8 | ... | 8xH100 | 2x8xH100 | cpu:N")
     flags.DEFINE_integer("num_slices", 1, "Slices of the topology (multi-slice: set config.mesh.dcn_parallelism).")
     flags.DEFINE_integer("vocab_size", 0, "Vocab size of the model (default: from the config, see vocab_size_of).")

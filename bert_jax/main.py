@@ -18,7 +18,7 @@ from ml_collections import config_flags
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo.py")
 config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment config file (configs/*.py[:args]).",
-                                lock_config=False)
+                                lock_config=True)
 flags.DEFINE_string("workdir", "/tmp/bert_jax_demo", "Checkpoints, metrics and the effective config go here.")
 FLAGS = flags.FLAGS
 

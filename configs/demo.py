@@ -24,6 +24,10 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import pretrain  # noqa: E402  (configs/ is not a package; configs are plain files)
 
+from bert_jax.config_args import Arg, parse  # noqa: E402
+
+ARGS = {"steps": Arg(int, 2500, None, "training steps")}
+
 
 def get_config(arg: str = ""):
     c = pretrain.base_config()
@@ -38,7 +42,5 @@ def get_config(arg: str = ""):
     # Prompts whose answer docstring language pins down ("... is an instance of ...", "an exception is raised").
     c.fill_mask = ["return true if the object is an [MASK] of the class.",
                    "an [MASK] is raised if the key is not found."]
-    for key, value in pretrain.parse_arg(arg).items():
-        if key == "steps":
-            c.optim.total_steps = int(value)
+    c.optim.total_steps = parse(arg, ARGS, __file__)["steps"]
     return c

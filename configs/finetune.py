@@ -14,7 +14,10 @@ import ml_collections
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import pretrain  # noqa: E402  (configs/ is not a package; configs are plain files)
 
-parse_arg = pretrain.parse_arg
+from bert_jax.config_args import Arg, parse  # noqa: E402,F401  (re-exported for the task configs)
+
+RUNLOCAL = Arg(bool, False, None, "shrink to a CPU-sized smoke run")
+DATA_DIR = Arg(str, "", None, "the task's files in their original format (empty: tfds prepared locally)")
 
 
 def base_config(task_name: str) -> ml_collections.ConfigDict:
@@ -52,10 +55,6 @@ def base_config(task_name: str) -> ml_collections.ConfigDict:
     c.on_nonfinite = "stop"
     c.progress_bar = True
     return c
-
-
-def is_set(args: dict, key: str) -> bool:
-    return args.get(key) in ("true", "1")
 
 
 def runlocal(c: ml_collections.ConfigDict, **data) -> None:

@@ -21,9 +21,11 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import finetune  # noqa: E402  (configs/ is not a package; configs are plain files)
 
+ARGS = {"epochs": finetune.Arg(float, 3.0, None, "training epochs")}
+
 
 def get_config(arg: str = ""):
-    args = finetune.parse_arg(arg)
+    args = finetune.parse(arg, ARGS, __file__)
     c = finetune.base_config("stdlib_demo")
     c.task.update(dev_fraction=0.2, split_seed=0)
     # configs/demo.py's architecture, used when init_from is empty (else init_from's own).
@@ -36,6 +38,6 @@ def get_config(arg: str = ""):
     # sentence is 17 tokens and 85% fit.
     c.data.update(max_seq_length=32, global_batch_size=32, eval_batch_size=128)
     c.optim.update(learning_rate=1e-3, warmup_fraction=0.1)
-    c.num_epochs = float(args.get("epochs", 3))
+    c.num_epochs = args["epochs"]
     c.log_every = 50
     return c

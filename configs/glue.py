@@ -16,22 +16,22 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import finetune  # noqa: E402  (configs/ is not a package)
 
 TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
+ARGS = {"task": finetune.Arg(str, None, TASKS, "the GLUE task"), "data_dir": finetune.DATA_DIR,
+        "runlocal": finetune.RUNLOCAL}
 
 
 def get_config(arg: str = ""):
-    args = finetune.parse_arg(arg)
-    task = args.get("task", "").lower().replace("-", "")
-    if task not in TASKS:
-        raise ValueError(f"configs/glue.py needs task=<one of {', '.join(TASKS)}>, got {args.get('task')!r}")
+    args = finetune.parse(arg, ARGS, __file__)
+    task = args["task"]
     c = finetune.base_config("glue")
     c.task.update(dict(
         glue_task=task,
-        data_dir=args.get("data_dir", ""),
+        data_dir=args["data_dir"],
         tfds_data_dir="",  # source=tfds: the tfds data_dir holding glue/<task> (empty: $TFDS_DATA_DIR)
         ax_file=""))  # MNLI predict: the AX diagnostic TSV (empty: AX.tsv / diagnostic.tsv in data_dir)
     c.data.update(max_seq_length=128, global_batch_size=32, eval_batch_size=64)
     c.optim.update(learning_rate=2e-5, warmup_fraction=0.1)
     c.num_epochs = 3.0
-    if finetune.is_set(args, "runlocal"):
+    if args["runlocal"]:
         finetune.runlocal(c)
     return c

@@ -8,6 +8,8 @@ nvidia_lamb_phase2; runlocal (shrinks everything to a CPU-sized run).
 
 import ml_collections
 
+from bert_jax.config_args import Arg, parse
+
 SIZES = {  # layers, hidden, heads
     "tiny": (2, 128, 2), "mini": (4, 256, 4), "small": (4, 512, 8), "medium": (8, 512, 8),
     "base": (12, 768, 12), "large": (24, 1024, 16),
@@ -25,12 +27,13 @@ RECIPES = {
 }
 
 
-def parse_arg(arg: str) -> dict:
-    out = {}
-    for item in filter(None, (arg or "").split(",")):
-        key, _, value = item.partition("=")
-        out[key.strip()] = value.strip() if value else "true"
-    return out
+# What `configs/pretrain.py:<args>` accepts; anything else is an error that lists these.
+ARGS = {
+    "size": Arg(str, "base", tuple(SIZES), "model size"),
+    "seq": Arg(int, 128, None, "max sequence length (max_predictions follows: 15% + 1)"),
+    "recipe": Arg(str, "google", tuple(RECIPES), "optimiser, schedule and batch"),
+    "runlocal": Arg(bool, False, None, "shrink to a CPU-sized run"),
+}
 
 
 def model_config(size: str) -> ml_collections.ConfigDict:
@@ -41,7 +44,8 @@ def model_config(size: str) -> ml_collections.ConfigDict:
         hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=4 * hidden,
         max_position_embeddings=512, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
         hidden_act="gelu", dtype="float32", param_dtype="float32", attention_impl="auto", remat_policy="none",
-        scan_layers=False, type_vocab_size=2))
+        scan_layers=False, type_vocab_size=2,
+        vocab_size=0))  # 0: the tokenizer's (data.vocab or the vocab trained on the corpus)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -55,7 +59,10 @@ def base_config() -> ml_collections.ConfigDict:
         vocab="",  # vocab.txt / tokenizer dir; empty: train a WordPiece vocab on the corpus
         vocab_size=8000, lowercase=True, seq_len=128, max_predictions=20, masked_lm_prob=0.15,
         short_seq_prob=0.1, dupe_factor=2, global_batch_size=256, eval_fraction=0.02, eval_batches=10,
-        dynamic_masking=True, worker_count=0))
+        # True: fresh masks every time an example is seen (reproducible from the seed, resumable); False: the
+        # shards' masks (array_record) or the first pass's (text). array_record + True needs `vocab`.
+        dynamic_masking=True, worker_count=0,
+        eval_source=""))  # array_record: a separate glob of eval shards; empty: the training shards
     c.optim = ml_collections.ConfigDict(dict(
         optimizer="adamw", learning_rate=1e-4, schedule="linear", warmup_steps=10_000, warmup_fraction=-1.0,
         total_steps=1_000_000, end_learning_rate=0.0, power=1.0, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-6,
@@ -98,13 +105,14 @@ def runlocal(c: ml_collections.ConfigDict) -> None:
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-    args = parse_arg(arg)
+    args = parse(arg, ARGS, __file__)
     c = base_config()
-    c.model = model_config(args.get("size", "base"))
-    apply_recipe(c, args.get("recipe", "google"))
-    if "seq" in args:
-        c.data.seq_len = int(args["seq"])
-        c.data.max_predictions = max(1, round(c.data.seq_len * 0.15 + 0.5))
-    if args.get("runlocal") in ("true", "1"):
+    c.model = model_config(args["size"])
+    apply_recipe(c, args["recipe"])
+    if args["seq"] <= 2:
+        raise ValueError(f"configs/pretrain.py: seq={args['seq']} leaves no room for [CLS] and [SEP]")
+    c.data.seq_len = args["seq"]
+    c.data.max_predictions = max(1, round(c.data.seq_len * 0.15 + 0.5))
+    if args["runlocal"]:
         runlocal(c)
     return c

@@ -14,16 +14,17 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import finetune  # noqa: E402  (configs/ is not a package)
 
+ARGS = {"version": finetune.Arg(str, "1", ("1", "1.1", "2", "2.0"), "SQuAD v1.1 or v2.0"),
+        "data_dir": finetune.DATA_DIR, "runlocal": finetune.RUNLOCAL}
+
 
 def get_config(arg: str = ""):
-    args = finetune.parse_arg(arg)
-    version = args.get("version", "1")
-    if version not in ("1", "1.1", "2", "2.0"):
-        raise ValueError(f"version={version!r} must be 1 (SQuAD v1.1) or 2 (v2.0)")
+    args = finetune.parse(arg, ARGS, __file__)
+    version = args["version"]
     c = finetune.base_config("squad")
     c.task.update(dict(
         version=int(float(version)),
-        data_dir=args.get("data_dir", ""),
+        data_dir=args["data_dir"],
         train_file="", dev_file="",  # empty: train-v1.1.json / dev-v1.1.json or train-v2.0.json / dev-v2.0.json
         tfds_name="",  # empty: squad/v1.1 or squad/v2.0
         max_query_length=64, doc_stride=128,  # doc_stride: context tokens shared by consecutive windows
@@ -33,7 +34,7 @@ def get_config(arg: str = ""):
     c.data.update(max_seq_length=384, global_batch_size=32, eval_batch_size=64)
     c.optim.update(learning_rate=3e-5, warmup_fraction=0.1)
     c.num_epochs = 2.0
-    if finetune.is_set(args, "runlocal"):
+    if args["runlocal"]:
         finetune.runlocal(c, max_seq_length=128)
         c.task.update(dict(max_query_length=32, doc_stride=32))
     return c

@@ -12,16 +12,18 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import finetune  # noqa: E402  (configs/ is not a package)
 
+ARGS = {"data_dir": finetune.DATA_DIR, "runlocal": finetune.RUNLOCAL}
+
 
 def get_config(arg: str = ""):
-    args = finetune.parse_arg(arg)
+    args = finetune.parse(arg, ARGS, __file__)
     c = finetune.base_config("swag")
     c.task.update(dict(
-        data_dir=args.get("data_dir", ""),
+        data_dir=args["data_dir"],
         files=dict(train="train.csv", validation="val.csv", test="test.csv")))
     c.data.update(max_seq_length=128, global_batch_size=16, eval_batch_size=32)
     c.optim.update(learning_rate=2e-5, warmup_fraction=0.1)
     c.num_epochs = 3.0
-    if finetune.is_set(args, "runlocal"):
+    if args["runlocal"]:
         finetune.runlocal(c, max_seq_length=64)
     return c
