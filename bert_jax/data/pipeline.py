@@ -110,7 +110,7 @@ def _describe(obj) -> str:
     if isinstance(obj, pretraining.DynamicMasker):
         return (f"DynamicMasker(seed={obj.seed}, vocab_size={obj.vocab_size}, mask_token_id={obj.mask_token_id}, "
                 f"masked_lm_prob={obj.masked_lm_prob}, max_predictions_per_seq={obj.max_predictions_per_seq}, "
-                f"whole_word_mask={obj.whole_word_mask})")
+                f"whole_word_mask={obj.whole_word_mask}, per_epoch={obj.per_epoch})")
     if isinstance(obj, (list, tuple, np.ndarray)):
         return f"{type(obj).__name__}(len={len(obj)})"
     text = repr(obj)
@@ -431,12 +431,13 @@ def _nsp_examples(tokenized, tokenizer, seq_len, seed, masked_lm_prob, max_predi
 def make_text_mlm_loader(documents_or_source, tokenizer, *, seq_len: int, global_batch_size: int, seed: int,
                          masked_lm_prob: float = 0.15, max_predictions: int = 20, mode: str = "full_sentences",
                          whole_word_mask: bool = False, dupe_factor: int = 1, short_seq_prob: float = 0.1,
-                         process_index: Optional[int] = None, process_count: Optional[int] = None,
+                         dynamic_masking: bool = True, process_index: Optional[int] = None, process_count: Optional[int] = None,
                          shuffle: bool = True, num_epochs: Optional[int] = None, drop_remainder: bool = True,
                          worker_count: int = 0, read_options=None):
     """Pre-training batches straight from text, for the demo and small corpora: the text is tokenized once
     (cached in memory), turned into fixed-length examples (`text_mlm_examples`: FULL-SENTENCES packing or NSP
-    pairs) and masked dynamically per epoch with `DynamicMasker.from_tokenizer(tokenizer, seed=seed, ...)`.
+    pairs) and masked per epoch with `DynamicMasker.from_tokenizer(tokenizer, seed=seed, ...)`
+    (`dynamic_masking=False`: every epoch reuses the first pass's masks).
 
     documents_or_source: documents (each a list of sentences, or a str with a sentence per line), e.g.
       `bert_jax.data.corpus.stdlib_documents()`, or a source of dicts with 'sentences' or 'text' (e.g.
@@ -451,7 +452,8 @@ def make_text_mlm_loader(documents_or_source, tokenizer, *, seq_len: int, global
     source = InMemorySource(examples, name=f"text_mlm/{mode}/seq{seq_len}/{fingerprint}")
     masker = pretraining.DynamicMasker.from_tokenizer(tokenizer, masked_lm_prob=masked_lm_prob,
                                                       max_predictions_per_seq=max_predictions,
-                                                      whole_word_mask=whole_word_mask, seed=_check_seed(seed))
+                                                      whole_word_mask=whole_word_mask, seed=_check_seed(seed),
+                                                      per_epoch=dynamic_masking)
     return make_pretraining_loader(source, global_batch_size=global_batch_size, seed=seed,
                                    process_index=process_index, process_count=process_count, shuffle=shuffle,
                                    num_epochs=num_epochs, masker=masker, drop_remainder=drop_remainder,

@@ -509,6 +509,21 @@ class PretrainingDataSource:
 
 
 # ------------------------------------------------------------------------------------- dynamic (on the fly)
+def unmask(features: Mapping[str, Any]) -> np.ndarray:
+    """input_ids [seq] with a statically masked record's original ids put back at its masked positions
+    (those with weight > 0; without weights, positions > 0, as [CLS] is never predicted)."""
+    ids = np.array(features["input_ids"], copy=True)
+    positions = np.asarray(features["masked_lm_positions"]).reshape(-1)
+    labels = np.asarray(features["masked_lm_ids"]).reshape(-1)
+    weights = features.get("masked_lm_weights")
+    real = (np.asarray(weights).reshape(-1) > 0) if weights is not None else positions > 0
+    if positions.shape != labels.shape or (positions[real] >= len(ids)).any() or (positions[real] < 0).any():
+        raise ValueError(f"masked_lm_positions {positions.tolist()} / masked_lm_ids {labels.tolist()} do not fit "
+                         f"input_ids of length {len(ids)}")
+    ids[positions[real]] = labels[real]
+    return ids
+
+
 class DynamicMasker:
     """RoBERTa-style dynamic masking of already tokenized features, deterministic per (seed, epoch, index).
 
@@ -518,11 +533,15 @@ class DynamicMasker:
     are taken in random order, skipping any that would overshoot; each chosen position becomes [MASK] 80%, stays
     10%, a uniformly random id in [0, vocab_size) 10%. The generator is `np.random.default_rng([seed, epoch,
     index])`, so the result does not depend on the order examples are processed in.
+
+    `per_epoch=False` masks every epoch as epoch 0 (static masking: each example keeps its first pass's
+    masks). Records that already carry masks (`masked_lm_positions`/`masked_lm_ids`, e.g. shards written
+    by `create_pretraining_data`) are unmasked first, so static shards can be masked afresh every epoch.
     """
 
     def __init__(self, vocab_size: int, mask_token_id: int, special_token_ids: Iterable[int],
                  masked_lm_prob: float = 0.15, max_predictions_per_seq: int = 20, whole_word_mask: bool = False,
-                 seed: int = 0, continuation_token_ids: Optional[Iterable[int]] = None):
+                 seed: int = 0, continuation_token_ids: Optional[Iterable[int]] = None, per_epoch: bool = True):
         validate_args(max_predictions_per_seq=max_predictions_per_seq, masked_lm_prob=masked_lm_prob)
         if int(vocab_size) < 1:
             raise ValueError(f"vocab_size must be >= 1, got {vocab_size!r}")
@@ -538,6 +557,7 @@ class DynamicMasker:
         self.masked_lm_prob, self.max_predictions_per_seq = float(masked_lm_prob), int(max_predictions_per_seq)
         self.whole_word_mask, self.seed = bool(whole_word_mask), int(seed)
         self.continuation_token_ids = np.asarray(sorted(continuation_token_ids or ()), np.int64)
+        self.per_epoch = bool(per_epoch)
 
     @classmethod
     def from_tokenizer(cls, tokenizer, **kwargs) -> "DynamicMasker":
@@ -552,6 +572,10 @@ class DynamicMasker:
         ids = np.asarray(features["input_ids"])
         if ids.ndim != 1:
             raise ValueError(f"input_ids must be 1-D (one example), got shape {ids.shape}")
+        if "masked_lm_positions" in features:
+            ids = unmask(features)
+        if not self.per_epoch:
+            epoch = 0
         attention = np.asarray(features.get("attention_mask", np.ones_like(ids)))
         candidates = np.flatnonzero((attention != 0) & ~np.isin(ids, self.special_token_ids))
         num_to_predict = min(self.max_predictions_per_seq,

@@ -14,6 +14,7 @@ import jax
 import numpy as np
 
 from bert_jax.data import pipeline
+from bert_jax.data.pretraining import DynamicMasker
 from bert_jax.tokenization import BertTokenizer, train_wordpiece
 from bert_jax.training import paths
 
@@ -110,13 +111,23 @@ def build_pretraining_data(config, workdir: paths.PathLike) -> PretrainingData:
         train_docs, eval_docs = documents[:-n_eval], documents[-n_eval:]
         mode = "nsp" if config.objective == "mlm_nsp" else "full_sentences"
         text_kw = dict(seq_len=d.seq_len, masked_lm_prob=d.masked_lm_prob, max_predictions=d.max_predictions,
-                       mode=mode, dupe_factor=d.dupe_factor, short_seq_prob=d.short_seq_prob)
+                       mode=mode, dupe_factor=d.dupe_factor, short_seq_prob=d.short_seq_prob,
+                       dynamic_masking=d.dynamic_masking)
         train = pipeline.make_text_mlm_loader(train_docs, tokenizer, **text_kw, **common)
         make_eval = lambda: pipeline.make_text_mlm_loader(eval_docs, tokenizer, **text_kw, **dict(
             common, seed=config.seed + 1), shuffle=False)
     elif d.source.startswith("array_record:"):
-        train = pipeline.make_pretraining_loader(d.source[len("array_record:"):], **common)
-        eval_source = d.get("eval_source", "") or d.source[len("array_record:"):]
+        masker = None
+        if d.dynamic_masking:  # the shards' static masks are replaced by fresh ones every epoch
+            if tokenizer is None:
+                raise ValueError("config.data.dynamic_masking=True with an array_record source needs config.data.vocab "
+                                 "(the [MASK] id and special tokens); set it, or dynamic_masking=False to keep the "
+                                 "shards' masks")
+            masker = DynamicMasker.from_tokenizer(tokenizer, masked_lm_prob=d.masked_lm_prob,
+                                                  max_predictions_per_seq=d.max_predictions, seed=config.seed)
+        train = pipeline.make_pretraining_loader(d.source[len("array_record:"):], masker=masker, **common)
+        eval_source = d.eval_source or d.source[len("array_record:"):]
+        # Eval reads the shards' own masks: the same examples, masked the same way, at every evaluation.
         make_eval = lambda: pipeline.make_pretraining_loader(eval_source, **dict(common, seed=config.seed + 1),
                                                              shuffle=False)
     else:
@@ -125,7 +136,7 @@ def build_pretraining_data(config, workdir: paths.PathLike) -> PretrainingData:
     if tokenizer is not None:
         vocab_size, pad = tokenizer.vocab_size, tokenizer.pad_token_id
     else:
-        vocab_size, pad = config.model.get("vocab_size", 30522), 0
+        vocab_size, pad = (config.model.vocab_size or 30522), 0
     return PretrainingData(train, make_eval, d.eval_batches, tokenizer, vocab_size, pad)
 
 
