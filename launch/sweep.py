@@ -17,7 +17,6 @@ commas outside brackets and quotes, so `--grid "mesh.ici_parallelism=(1,-1,1),(2
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import itertools
 import json
@@ -28,6 +27,8 @@ import shlex
 import subprocess
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
+
+from absl import app, flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCHERS = {"plain": None, "tpu_vm": "launch/tpu_vm.sh", "gpu_slurm": "launch/gpu_slurm.sh"}
@@ -243,37 +244,52 @@ def summarize(root: str, sort: str = "eval.mlm_accuracy", mode: str = "max",
 
 
 # ------------------------------------------------------------------------------------------- main
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("run", "print"):
-        p = sub.add_parser(name, help="run the points here" if name == "run" else "print launch commands")
-        p.add_argument("--config", required=True, help="configs/<file>.py[:args] for every point")
-        p.add_argument("--root", required=True, help="parent of the points' workdirs")
-        p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
-                       help="a config key and its values; several --grid make a product")
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="an override shared by every point")
-        p.add_argument("extra", nargs="*", help="more flags for bert_jax.main (after --)")
-        if name == "run":
-            p.add_argument("--keep_going", action="store_true", help="run the remaining points after a failure")
-        else:
-            p.add_argument("--launcher", default="plain", choices=sorted(LAUNCHERS))
-            p.add_argument("--launcher_args", default="", help="arguments for the launch script, before the flags")
-    s = sub.add_parser("summarize", help="markdown table of the points' final metrics")
-    s.add_argument("--root", required=True)
-    s.add_argument("--sort", default="eval.mlm_accuracy", help="dotted key in final_metrics.json")
-    s.add_argument("--mode", default="max", choices=("max", "min"), help="max: highest first")
-    s.add_argument("--metrics", default=",".join(DEFAULT_METRICS), help="comma-separated dotted keys")
-    return parser
+COMMANDS = ("run", "print", "summarize")
+
+
+def define_flags(fv: flags.FlagValues) -> None:
+    """absl flags (--helpfull, --flagfile); `run` / `print` / `summarize` is the first positional argument and
+    everything after `--` goes to bert_jax.main."""
+    flags.DEFINE_string("config", None, "run/print: configs/<file>.py[:args] for every point.", flag_values=fv)
+    flags.DEFINE_string("root", None, "Parent of the points' workdirs.", flag_values=fv)
+    flags.DEFINE_multi_string("grid", [], "run/print: KEY=V1,V2,... a config key and its values; several --grid make "
+                              "a product.", flag_values=fv)
+    flags.DEFINE_multi_string("set", [], "run/print: KEY=VALUE, an override shared by every point.", flag_values=fv)
+    flags.DEFINE_bool("keep_going", False, "run: run the remaining points after a failure.", flag_values=fv)
+    flags.DEFINE_enum("launcher", "plain", sorted(LAUNCHERS), "print: how each point is launched.", flag_values=fv)
+    flags.DEFINE_string("launcher_args", "", "print: arguments for the launch script, before the flags.",
+                        flag_values=fv)
+    flags.DEFINE_string("sort", "eval.mlm_accuracy", "summarize: dotted key in final_metrics.json.", flag_values=fv)
+    flags.DEFINE_enum("mode", "max", ["max", "min"], "summarize: max = highest first.", flag_values=fv)
+    flags.DEFINE_list("metrics", list(DEFAULT_METRICS), "summarize: comma-separated dotted keys.", flag_values=fv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = _parser().parse_args(argv)
+    """`argv` without the program name: COMMAND [flags] [-- bert_jax.main flags]. Returns the exit code."""
+    fv = flags.FlagValues()
+    define_flags(fv)
     try:
-        if args.command == "summarize":
-            print(summarize(args.root, args.sort, args.mode, [m for m in args.metrics.split(",") if m]))
+        rest = fv(["sweep.py", *(sys.argv[1:] if argv is None else argv)])[1:]
+    except flags.Error as e:
+        print(f"sweep: {e}", file=sys.stderr)
+        return 2
+    return run(fv, rest)
+
+
+def run(args: flags.FlagValues, rest: Sequence[str]) -> int:
+    """Runs COMMAND (`rest[0]`) with parsed flags `args`; `rest[1:]` go to bert_jax.main."""
+    if not rest or rest[0] not in COMMANDS:
+        print(f"sweep: the first argument must be one of {', '.join(COMMANDS)} (got {list(rest[:1])})",
+              file=sys.stderr)
+        return 2
+    command, extra = rest[0], list(rest[1:])
+    try:
+        needed = ("root",) if command == "summarize" else ("config", "root")
+        missing = [f"--{name}" for name in needed if not args[name].value]
+        if missing:
+            raise ValueError(f"{command} needs {' and '.join(missing)}")
+        if command == "summarize":
+            print(summarize(args.root, args.sort, args.mode, [m for m in args.metrics if m]))
             return 0
         points = expand(parse_grid(args.grid))
         fixed = [parse_assignment(s, "--set") for s in args.set]
@@ -283,12 +299,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"sweep: {e}", file=sys.stderr)
         return 2
-    if args.command == "print":
+    if command == "print":
         for point in points:
-            print(shlex.join(point_command(point, config=args.config, root=args.root, fixed=fixed, extra=args.extra,
+            print(shlex.join(point_command(point, config=args.config, root=args.root, fixed=fixed, extra=extra,
                                            launcher=args.launcher, launcher_args=shlex.split(args.launcher_args))))
         return 0
-    codes = run_locally(points, config=args.config, root=args.root, fixed=fixed, extra=args.extra,
+    codes = run_locally(points, config=args.config, root=args.root, fixed=fixed, extra=extra,
                         keep_going=args.keep_going)
     failed = [name for name, code in codes.items() if code != 0]
     print(f"[sweep] {len(codes) - len(failed)}/{len(points)} points finished" + (f"; failed: {failed}" if failed
@@ -297,4 +313,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    define_flags(flags.FLAGS)
+    app.run(lambda argv: sys.exit(run(flags.FLAGS, argv[1:])))
