@@ -61,7 +61,8 @@ class AttentionCall:
 def xla_attention(query: Array, key: Array, value: Array, *, mask: Optional[Array] = None,
                   bias: Optional[Array] = None, head_mask: Optional[Array] = None, scale: Optional[float] = None,
                   dropout_rate: float = 0.0, dropout_rng: Optional[Array] = None,
-                  return_probs: bool = False, dropout_mask: str = "bernoulli", **unused) -> Tuple[Array, Optional[Array]]:
+                  return_probs: bool = False, dropout_mask: str = "bernoulli",
+                  **unused) -> Tuple[Array, Optional[Array]]:
     """Reference attention: einsum scores, float32 softmax, per-element dropout on probabilities.
 
     Args:

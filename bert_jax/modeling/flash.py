@@ -79,7 +79,7 @@ def dropout_keep(seed: Array, b, h, q_idx: Array, k_idx: Array, rate: float) -> 
     reference); q_idx, k_idx: int32 global query/key positions, e.g. [bq, 1] and [1, bk]. The
     per-(b, h) key and the per-row / per-column hashes cost O(bq + bk); each element costs one
     `_mix` of (row hash ^ column hash). An element is kept iff its uint32 hash < keep_threshold(rate),
-    compared as int32 after flipping the sign bit (Mosaic has no unsigned compare)."""
+    compared as int32 after flipping the sign bit of both sides, so only int32 ops are needed."""
     key = _mix(seed ^ _mix(b + _SALT[0]))
     key = _mix(key ^ _mix(h + _SALT[1]))
     row = _mix(key ^ _mix(q_idx + _SALT[2]))
@@ -131,6 +131,7 @@ class _Static:
 
 
 def _iota(shape, dim: int, backend: str) -> Array:
+    """int32 positions along `dim` of a 2-D shape with one axis of size 1 ([n, 1] or [1, n])."""
     if backend == "gpu":  # Triton lowers 1-D iotas only
         n = shape[dim]
         v = jnp.arange(n, dtype=jnp.int32)
@@ -332,6 +333,9 @@ def _forward(st: _Static, q, k, v, qseg, kvseg, seed):
 
 
 def _backward(st: _Static, res, do):
+    """dq, dk, dv [B, N, L, D] from the forward's residuals and dO [B, N, Q, D]: the dq kernel (query
+    tiles, loop over keys) runs first because with one key tile it also produces delta; then the
+    dk/dv kernel (key tiles, loop over queries). Both recompute scores, P and the dropout mask."""
     q, k, v, qseg, kvseg, seed, o, m, l = res
     B, N, Q, D = q.shape
     K = k.shape[2]
@@ -339,7 +343,7 @@ def _backward(st: _Static, res, do):
     one_k_tile = K == blocks.block_k
     stat_shape = jax.ShapeDtypeStruct((B, N, Q, 1), jnp.float32)
     if one_k_tile:
-        delta = jnp.zeros((B, N, Q, 1), jnp.float32)  # unused input; the dq kernel computes delta
+        delta = jnp.zeros((B, N, Q, 1), jnp.float32)  # placeholder operand: the dq kernel computes delta
     else:
         # rowsum(P * dP) = rowsum(dO * O) (P@V with dropout is O); _scores_grad wants it over l.
         delta = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=-1, keepdims=True) / l
@@ -353,8 +357,9 @@ def _backward(st: _Static, res, do):
     out_specs, out_shape = [tile], [jax.ShapeDtypeStruct(q.shape, q.dtype)]
     if one_k_tile:
         out_specs, out_shape = out_specs + [stat], out_shape + [stat_shape]
-    outs = _call(st, _dq_kernel, (B, N, Q // bq), [tile, whole_k, whole_k, tile, stat, stat, stat, qseg_spec, kvseg_whole],
-                 out_specs, out_shape, seed, q, k, v, do, m, l, delta, qseg, kvseg)
+    in_specs = [tile, whole_k, whole_k, tile, stat, stat, stat, qseg_spec, kvseg_whole]
+    outs = _call(st, _dq_kernel, (B, N, Q // bq), in_specs, out_specs, out_shape, seed, q, k, v, do, m, l, delta,
+                 qseg, kvseg)
     dq = outs[0]
     if one_k_tile:
         delta = outs[1]
