@@ -155,6 +155,29 @@ def test_odd_length_is_padded_and_still_matches():
         np.testing.assert_allclose(got, want, atol=5e-6, rtol=0, err_msg=f"d{name}")
 
 
+def test_shard_offsets_reproduce_the_unsharded_mask():
+    """A call on one batch row / one head with its offsets draws that row's / head's part of the
+    whole call's mask, so a shard_map'd kernel matches the unsharded one (and shards differ)."""
+    q, k, v, segments = _inputs(64)
+    seed = jnp.int32(11)
+
+    @jax.jit
+    def run(q, k, v, segments):
+        whole = flash.flash_attention(q, k, v, segment_ids=segments, dropout_rate=RATE, dropout_seed=seed)
+        row = flash.flash_attention(q[1:], k[1:], v[1:], segment_ids=tuple(x[1:] for x in segments),
+                                    dropout_rate=RATE, dropout_seed=seed, dropout_offsets=(1, 0))
+        head = flash.flash_attention(q[:, :, 1:], k[:, :, 1:], v[:, :, 1:], segment_ids=segments, dropout_rate=RATE,
+                                     dropout_seed=seed, dropout_offsets=(0, jnp.int32(1)))
+        unshifted = flash.flash_attention(q[1:], k[1:], v[1:], segment_ids=tuple(x[1:] for x in segments),
+                                          dropout_rate=RATE, dropout_seed=seed)
+        return whole, row, head, unshifted
+
+    whole, row, head, unshifted = run(q, k, v, segments)
+    np.testing.assert_array_equal(row, whole[1:])
+    np.testing.assert_array_equal(head, whole[:, :, 1:])
+    assert float(jnp.max(jnp.abs(unshifted - whole[1:]))) > 1e-2
+
+
 # ------------------------------------------------------------------------------------ registration
 
 def test_kernel_selection():

@@ -143,6 +143,12 @@ def _ds(start, size: int):
     return pl.ds(pl.multiple_of(start, size) if not isinstance(start, int) else start, size)
 
 
+def _dropout_ids(seed_ref):
+    """(global batch index, global head index, tile index) of this program: seed_ref holds
+    [seed, batch offset, head offset, 0], the offsets of this shard's rows/heads in the whole batch."""
+    return pl.program_id(0) + seed_ref[1], pl.program_id(1) + seed_ref[2], pl.program_id(2)
+
+
 def _tile(st: _Static, seed, b, h, q, k, q_ids, kv_ids, q0, k0):
     """Scores of one (query tile, key tile): q [bq, D], k [bk, D], q_ids [bq, 1], kv_ids [1, bk],
     tile offsets q0, k0. Returns masked scaled float32 scores [bq, bk], the mask, and the dropout
@@ -167,7 +173,7 @@ def _drop(st: _Static, keep, p):
 def _fwd_kernel(seed_ref, q_ref, k_ref, v_ref, qseg_ref, kvseg_ref, o_ref, m_ref, l_ref, *, st: _Static):
     """One query tile: q_ref [bq, D], k_ref/v_ref [K, D] (whole), qseg_ref [bq, LANES],
     kvseg_ref [SUBLANES, K] -> o_ref [bq, D], row max m_ref and row sum l_ref [bq, 1] (float32)."""
-    b, h, i = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    b, h, i = _dropout_ids(seed_ref)
     seed = seed_ref[0]
     bq, bk = q_ref.shape[0], st.blocks.block_k
     num_k = k_ref.shape[0] // bk
@@ -230,7 +236,7 @@ def _dq_kernel(seed_ref, q_ref, k_ref, v_ref, do_ref, m_ref, l_ref, delta_ref, q
     With one key tile delta (see `_scores_grad`) is computed here from the whole row, as the
     reference's autodiff does, and written to the extra output for the dk/dv kernel; otherwise
     delta_ref holds rowsum(dO * O) / l, the same quantity up to rounding."""
-    b, h, i = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    b, h, i = _dropout_ids(seed_ref)
     seed = seed_ref[0]
     bq, bk = q_ref.shape[0], st.blocks.block_k
     num_k = k_ref.shape[0] // bk
@@ -262,7 +268,7 @@ def _dkv_kernel(seed_ref, q_ref, k_ref, v_ref, do_ref, m_ref, l_ref, delta_ref, 
                 *, st: _Static):
     """dk, dv for one key tile: k_ref/v_ref [bk, D], q_ref/do_ref [Q, D] (whole), m/l/delta [Q, 1],
     qseg_ref [Q, LANES], kvseg_ref [SUBLANES, bk]; loops over query tiles of block_q_dkv."""
-    b, h, j = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    b, h, j = _dropout_ids(seed_ref)
     seed = seed_ref[0]
     bk, bq = k_ref.shape[0], st.blocks.block_q_dkv
     num_q = q_ref.shape[0] // bq
@@ -295,10 +301,10 @@ def _dkv_kernel(seed_ref, q_ref, k_ref, v_ref, do_ref, m_ref, l_ref, delta_ref, 
 # ------------------------------------------------------------------------------------ pallas_calls
 
 def _call(st: _Static, kernel, grid, in_specs, out_specs, out_shape, seed, *args):
-    """pallas_call with the seed as the first kernel argument: a scalar-prefetch SMEM operand on TPU
-    (scalar reads from SMEM are cheap there), a plain 1-element operand under Triton/interpret."""
+    """pallas_call with `seed` (int32 [4]: seed, batch offset, head offset, 0) as the first kernel
+    argument: a scalar-prefetch SMEM operand on TPU (scalar reads from SMEM are cheap there), a plain
+    operand under Triton (4 elements: Triton blocks are powers of 2) and in interpret mode."""
     kernel = functools.partial(kernel, st=st)
-    seed = jnp.reshape(seed, (1,)).astype(jnp.int32)
     if st.backend == "tpu":
         from jax.experimental.pallas import tpu as pltpu
         shift = lambda spec: pl.BlockSpec(spec.block_shape, lambda *idx: spec.index_map(*idx[:3]))
@@ -307,7 +313,7 @@ def _call(st: _Static, kernel, grid, in_specs, out_specs, out_shape, seed, *args
                                                  out_specs=[shift(s) for s in out_specs])
         return pl.pallas_call(kernel, grid_spec=grid_spec, out_shape=out_shape,
                               compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel",) * 3))(seed, *args)
-    seed_spec = pl.BlockSpec((1,), lambda *_: (0,))
+    seed_spec = pl.BlockSpec((4,), lambda *_: (0,))
     params = {}
     if st.backend == "gpu":
         from jax.experimental.pallas import triton as pltriton
@@ -403,7 +409,8 @@ def _round_up(n: int, m: int) -> int:
 
 def flash_attention(query: Array, key: Array, value: Array, *, segment_ids: Optional[Tuple[Array, Array]] = None,
                     causal: bool = False, scale: Optional[float] = None, dropout_rate: float = 0.0,
-                    dropout_seed: Optional[Array] = None, block_sizes: Optional[BlockSizes] = None,
+                    dropout_seed: Optional[Array] = None, dropout_offsets: Tuple = (0, 0),
+                    block_sizes: Optional[BlockSizes] = None,
                     backend: Optional[str] = None) -> Array:
     """Attention with optional counter-based dropout on the probabilities; differentiable.
 
@@ -414,6 +421,10 @@ def flash_attention(query: Array, key: Array, value: Array, *, segment_ids: Opti
       scale: score scale, default 1/sqrt(D).
       dropout_rate: probability of dropping an attention probability; with dropout_seed (int32
         scalar) the mask is `dropout_keep(seed, b, h, q, k)`. No seed or rate 0: no dropout.
+      dropout_offsets: (batch offset, head offset), int scalars (traced allowed) added to the local
+        batch/head indices in the mask: a shard_map'd call on rows [o, o + B) / heads [p, p + N)
+        of a larger batch passes (o, p) and draws exactly the mask of the unsharded call, instead
+        of repeating shard 0's mask on every shard.
       block_sizes: tiles; lengths are padded to their multiples (padded keys are masked out).
       backend: "tpu" (Mosaic), "gpu" (Triton) or "interpret"; default: the default backend's
         kernel, interpret mode elsewhere. Pass "tpu" to lower for TPU from a CPU host (AOT).
@@ -428,6 +439,8 @@ def flash_attention(query: Array, key: Array, value: Array, *, segment_ids: Opti
     scale = D ** -0.5 if scale is None else float(scale)
     rate = float(dropout_rate) if dropout_seed is not None else 0.0
     seed = jnp.zeros((), jnp.int32) if dropout_seed is None else jnp.asarray(dropout_seed, jnp.int32)
+    seed = jnp.stack([seed, jnp.asarray(dropout_offsets[0], jnp.int32), jnp.asarray(dropout_offsets[1], jnp.int32),
+                      jnp.zeros((), jnp.int32)])
     blocks = block_sizes or (GPU_BLOCKS if backend == "gpu" else BlockSizes())
     # Pad each length to a multiple of both of its tile sizes (one fits the other at the defaults).
     bq_min, bk_min = min(blocks.block_q, blocks.block_q_dkv), min(blocks.block_k, blocks.block_k_dkv)
@@ -459,11 +472,12 @@ def flash_attention(query: Array, key: Array, value: Array, *, segment_ids: Opti
 
 def flash_kernel(query: Array, key: Array, value: Array, *, segment_ids=None, causal: bool = False,
                  scale: Optional[float] = None, dropout_rate: float = 0.0, dropout_rng: Optional[Array] = None,
-                 **unused) -> Tuple[Array, None]:
+                 dropout_offsets: Tuple = (0, 0), **unused) -> Tuple[Array, None]:
     """The `attention_impl="flash"` kernel (signature of `bert_jax.modeling.attention.KERNELS`):
     query [B, Q, N, D], key/value [B, K, N, D] -> (context [B, Q, N, D], None). Dropout is drawn
-    from `dropout_rng` through `dropout_seed`, as `xla_attention(dropout_mask="counter")` does."""
+    from `dropout_rng` through `dropout_seed`, as `xla_attention(dropout_mask="counter")` does;
+    a shard_map wrapper passes `dropout_offsets` (see `flash_attention`)."""
     del unused
     seed = dropout_seed(dropout_rng) if dropout_rng is not None and dropout_rate > 0.0 else None
     return flash_attention(query, key, value, segment_ids=segment_ids, causal=causal, scale=scale,
-                           dropout_rate=dropout_rate, dropout_seed=seed), None
+                           dropout_rate=dropout_rate, dropout_seed=seed, dropout_offsets=dropout_offsets), None
