@@ -21,7 +21,7 @@ ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "quick_gelu
 POSITION_EMBEDDING_TYPES = ("absolute", "relative_key", "relative_key_query")
 PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
 DTYPES = ("float32", "bfloat16", "float16", "float64")
-ATTENTION_IMPLS = ("xla", "dot_product", "cudnn", "pallas_tpu", "pallas_gpu", "auto")
+ATTENTION_IMPLS = ("xla", "dot_product", "cudnn", "pallas_tpu", "pallas_gpu", "flash", "xla_counter", "auto")
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable", "minimal")
 
 # Keys HF writes into config.json that describe the checkpoint or generation, not the model.

@@ -21,6 +21,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from bert_jax.modeling import flash
+
 logger = logging.getLogger(__name__)
 
 Array = jax.Array
@@ -59,7 +61,8 @@ class AttentionCall:
 def xla_attention(query: Array, key: Array, value: Array, *, mask: Optional[Array] = None,
                   bias: Optional[Array] = None, head_mask: Optional[Array] = None, scale: Optional[float] = None,
                   dropout_rate: float = 0.0, dropout_rng: Optional[Array] = None,
-                  return_probs: bool = False, **unused) -> Tuple[Array, Optional[Array]]:
+                  return_probs: bool = False, dropout_mask: str = "bernoulli",
+                  **unused) -> Tuple[Array, Optional[Array]]:
     """Reference attention: einsum scores, float32 softmax, per-element dropout on probabilities.
 
     Args:
@@ -70,6 +73,8 @@ def xla_attention(query: Array, key: Array, value: Array, *, mask: Optional[Arra
         after dropout, as transformers does.
       scale: score scale, default 1/sqrt(D).
       dropout_rate / dropout_rng: dropout on the probabilities; rng None means no dropout.
+      dropout_mask: "bernoulli" (`jax.random.bernoulli`) or "counter" (`flash.dropout_keep`, the
+        mask the `flash` kernel draws in-kernel from the same rng, so the two agree element by element).
     Returns:
       (context [B, Q, N, D] in query.dtype, probabilities [B, N, Q, K] float32 or None).
     """
@@ -82,7 +87,10 @@ def xla_attention(query: Array, key: Array, value: Array, *, mask: Optional[Arra
         scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1)
     if dropout_rng is not None and dropout_rate > 0.0:
-        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+        if dropout_mask == "counter":
+            keep = flash.dropout_keep_mask(flash.dropout_seed(dropout_rng), probs.shape, dropout_rate)
+        else:
+            keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
         probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
     if head_mask is not None:
         probs = probs * head_mask.astype(jnp.float32)
@@ -127,6 +135,9 @@ def pallas_tpu_attention(query: Array, key: Array, value: Array, *, segment_ids=
                          scale: Optional[float] = None, **unused) -> Tuple[Array, None]:
     """Pallas TPU flash attention (`jax.experimental.pallas.ops.tpu.flash_attention`); interpreted
     off-TPU. Takes separate query and key segment ids."""
+    if unused.get("dropout_rng") is not None and unused.get("dropout_rate", 0.0) > 0.0:
+        # The library kernel has no dropout; ours draws it in-kernel (training on TPU).
+        return flash.flash_kernel(query, key, value, segment_ids=segment_ids, causal=causal, scale=scale, **unused)
     del unused
     from jax.experimental.pallas import tpu as pltpu
     from jax.experimental.pallas.ops.tpu import flash_attention as tpu_flash
@@ -156,6 +167,10 @@ KERNELS: Dict[str, Callable[..., Tuple[Array, Optional[Array]]]] = {
     "cudnn": functools.partial(dot_product_attention, implementation="cudnn"),
     "pallas_gpu": pallas_gpu_attention,
     "pallas_tpu": pallas_tpu_attention,
+    # Our Pallas flash attention (TPU, GPU, interpret elsewhere) with in-kernel counter-based dropout.
+    "flash": flash.flash_kernel,
+    # The reference drawing flash's dropout mask: the same training step as `flash`, unfused.
+    "xla_counter": functools.partial(xla_attention, dropout_mask="counter"),
 }
 
 _FLASH_BLOCKERS = ("needs_probs", "has_head_mask", "dropout", "has_bias", "dense_mask_only")
@@ -164,7 +179,8 @@ _UNSUPPORTED = {
     "dot_product": ("needs_probs", "has_head_mask", "dropout"),
     "cudnn": ("needs_probs", "has_head_mask", "dropout", "has_bias"),
     "pallas_gpu": _FLASH_BLOCKERS,
-    "pallas_tpu": _FLASH_BLOCKERS,
+    "pallas_tpu": tuple(f for f in _FLASH_BLOCKERS if f != "dropout"),  # dropout: served by `flash`
+    "flash": tuple(f for f in _FLASH_BLOCKERS if f != "dropout"),
 }
 # The backend each kernel is compiled for; elsewhere Pallas kernels run interpreted (slow, for tests).
 _NATIVE_BACKEND = {"cudnn": "gpu", "pallas_gpu": "gpu", "pallas_tpu": "tpu"}
