@@ -39,7 +39,9 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=c
 
 # Kernels on the GPU: cuDNN and Pallas (Triton) against the xla reference, fp32 and bf16, with gradients.
 [ "${SMOKE:-0}" = 1 ] || step kernels 240 "$py" -m pytest -q -p no:cacheprovider -k "not pallas_tpu" tests/test_attention.py
-[ "${SMOKE:-0}" != 1 ] && [ -f tests/test_flash.py ] && step flash 180 "$py" -m pytest -q -p no:cacheprovider tests/test_flash.py
+# Our Pallas flash kernel (in-kernel dropout) compiled by Triton: parity with the reference and speed.
+[ "${SMOKE:-0}" = 1 ] || step flash_tests 180 "$py" -m pytest -q -p no:cacheprovider tests/test_flash.py
+[ "${SMOKE:-0}" = 1 ] || step flash_check 120 "$py" benchmarks/flash_gpu_check.py
 
 # BERT-base, bf16, 32 x 128: dropout on (xla attention: the fused kernels refuse attention dropout).
 bench base_bf16_b32s128 240 --config=base --dtype=bfloat16 --batch=32 --seq=128 --steps=20 --warmup=5
