@@ -856,8 +856,8 @@ def main(argv: Optional[Sequence[str]] = None, fv: Optional[flags.FlagValues] = 
     if fv is None:
         fv = parse_args(argv or [])
         argv = list(argv or [])
-    else:
-        argv = list(argv or [])[1:]
+    else:  # run as a program: absl has consumed the flags; the report shows the command line as typed
+        argv = sys.argv[1:]
         result = run_benchmark(config=fv.config, batch=fv.batch, seq=fv.seq, dtype=fv.dtype, steps=fv.steps,
                            warmup=fv.warmup, modes=fv.mode, heads=fv.mlm_head, torch=fv.torch,
                            mlm_fraction=fv.mlm_fraction, attention_impl=fv.attention_impl, dropout=fv.dropout,
