@@ -48,7 +48,7 @@ def test_no_absolute_path_of_a_machine_in_tracked_files(tracked):
     hits = []
     for line in tracked:
         mode, path = line.split(" ", 1)[0], line.split("\t", 1)[1]
-        if mode == "120000":
+        if mode == "120000" or path == "tests/test_repo_hygiene.py":  # links; this file spells the patterns
             continue
         try:
             with open(os.path.join(ROOT, path), encoding="utf-8") as f:
