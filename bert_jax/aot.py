@@ -25,6 +25,7 @@ compiler's.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import json
 import logging
@@ -217,50 +218,28 @@ def _per_device_bytes(tree) -> int:
 
 
 def compile_train_step(config, devices: Sequence, vocab_size: Optional[int] = None):
-    """Lowers and compiles the trainer's train step for `devices`; returns (compiled, info dict)."""
+    """Lowers and compiles the train step the pretraining loop runs (`training.loop.build`, the same
+    builder) for `devices`; returns (compiled, info dict)."""
     import jax
-    import jax.numpy as jnp
-    from jax.sharding import NamedSharding, PartitionSpec
 
-    from bert_jax import sharding
-    from bert_jax.config import BertConfig
-    from bert_jax.training import steps, trainer
+    from bert_jax import flops, sharding
+    from bert_jax.training import loop, trainer
     from bert_jax.training.optim import make_optimizer
 
-    mesh = sharding.create_mesh(sharding.MeshConfig(ici_parallelism=tuple(config.mesh.ici_parallelism),
-                                                    dcn_parallelism=tuple(config.mesh.dcn_parallelism)), devices)
-    rules = sharding.rules_from_config(config.mesh.get("rules") or None)
+    mesh, rules = loop.make_mesh(config, devices)
     vocab_size = vocab_size or vocab_size_of(config)
     # As trainer.train_and_evaluate builds it, with the data's vocab replaced by `vocab_size`.
-    model_config = BertConfig(**{**config.model.to_dict(), "vocab_size": vocab_size, "pad_token_id": 0,
-                                 "max_position_embeddings": max(config.model.max_position_embeddings,
-                                                                config.data.seq_len)})
+    model_config = trainer.build_model_config(config, vocab_size, 0)
     model = trainer.build_model(config, model_config)
     tx, schedule = make_optimizer(config.optim)
-
-    params = sharding.abstract_params(model, mesh, rules)
-    params_shardings = jax.tree.map(lambda x: x.sharding, params)
-    opt_shardings = sharding.opt_state_shardings(tx, params_shardings, params)
-    opt_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                             jax.eval_shape(tx.init, params), opt_shardings)
-    replicated = NamedSharding(mesh, PartitionSpec())
-    rng = jax.eval_shape(lambda: jax.random.PRNGKey(0))
-    state = steps.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated), params=params,
-                             opt_state=opt_state, rng=jax.ShapeDtypeStruct(rng.shape, rng.dtype, sharding=replicated))
-    state_shardings = jax.tree.map(lambda x: x.sharding, state)
-    batch_sharding = sharding.batch_sharding(mesh, rules)
-    batch = abstract_batch(config, batch_sharding)
-
-    train_step = jax.jit(steps.make_train_step(model, tx, schedule, micro_batches=config.get("micro_batches", 1),
-                                               skip_nonfinite=config.on_nonfinite == "skip"),
-                         in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, None),
-                         donate_argnums=0)
-    with sharding.activation_context(mesh, rules):  # as the trainer traces it
-        compiled = train_step.lower(state, batch).compile()
+    built = loop.build(config, model, tx, schedule, functools.partial(trainer.make_train_step, model), mesh, rules)
+    state, params = built.abstract, built.abstract.params
+    batch = abstract_batch(config, built.batch_sharding)
+    with sharding.activation_context(mesh, rules):  # as the loop traces it
+        compiled = built.train_step.lower(state, batch).compile()
 
     seq_len, batch_size = config.data.seq_len, config.data.global_batch_size
-    model_flops = trainer.flops_per_token(model_config, seq_len, config.data.max_predictions / seq_len) \
-        * seq_len * batch_size
+    model_flops = flops.pretraining_step_flops(model_config, seq_len, config.data.max_predictions, batch_size)
     info = {
         "mesh": dict(mesh.shape), "num_devices": len(devices), "platform": devices[0].platform,
         "device_kind": getattr(devices[0], "device_kind", ""), "vocab_size": vocab_size,

@@ -58,6 +58,8 @@ import optax
 from absl import app, flags
 
 from bert_jax.config import BertConfig
+from bert_jax.flops import (PEAK_TFLOPS, count_non_embedding_params, flops_per_token,  # noqa: F401  (re-exported)
+                            non_embedding_params, peak_tflops)
 from bert_jax.modeling import BertForMaskedLM, init_params
 
 # name: (num_hidden_layers, hidden_size, num_attention_heads, intermediate_size)
@@ -69,12 +71,6 @@ MODEL_CONFIGS: Dict[str, tuple] = {
     "base": (12, 768, 12, 3072),
     "large": (24, 1024, 16, 4096),
 }
-
-# Peak dense bf16 TFLOP/s per chip, matched against `device_kind` (lower case, first hit wins).
-PEAK_TFLOPS = (
-    ("h200", 989.0), ("h100", 989.0), ("a100", 312.0),
-    ("v5 lite", 197.0), ("v5e", 197.0), ("v5p", 459.0), ("tpu v5", 459.0), ("v4", 275.0),
-)
 
 MASK_ID, CLS_ID, SEP_ID = 103, 101, 102  # bert-base-uncased vocabulary
 LEARNING_RATE, WEIGHT_DECAY = 1e-4, 0.01
@@ -98,40 +94,6 @@ def make_config(name: str, dtype: str = "float32", attention_impl: str = "xla", 
 def num_masked(seq: int, mlm_fraction: float) -> int:
     """Masked positions per row (google-research's max_predictions_per_seq = round(f * seq))."""
     return max(1, min(seq - 2, int(round(mlm_fraction * seq))))
-
-
-# --------------------------------------------------------------------------------------------------
-# FLOPs
-
-
-def non_embedding_params(config: BertConfig) -> int:
-    """Encoder layers + MLM head transform (biases and LayerNorms included), analytically."""
-    h, i = config.hidden_size, config.intermediate_size
-    per_layer = (4 * (h * h + h)  # Q, K, V, attention output
-                 + 2 * h  # attention LayerNorm
-                 + (h * i + i) + (i * h + h)  # intermediate, output
-                 + 2 * h)  # output LayerNorm
-    head = h * h + h + 2 * h  # cls/predictions/transform dense + LayerNorm
-    return config.num_hidden_layers * per_layer + head
-
-
-def flops_per_token(config: BertConfig, seq: int, mlm_positions_fraction: float, training: bool = True) -> float:
-    """6 N_non_emb + 12 L H seq + 6 H V f per token for a training step; a third of it forward-only."""
-    h = config.hidden_size
-    flops = (6.0 * non_embedding_params(config) + 12.0 * config.num_hidden_layers * h * seq
-             + 6.0 * h * config.vocab_size * mlm_positions_fraction)
-    return flops if training else flops / 3.0
-
-
-def count_non_embedding_params(params) -> int:
-    """The same count as `non_embedding_params`, read off a `BertForMaskedLM` param tree."""
-    total = 0
-    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-        keys = [getattr(k, "key", str(k)) for k in path]
-        if "embeddings" in keys or keys[-2:] == ["predictions", "bias"]:
-            continue
-        total += int(np.prod(leaf.shape))
-    return total
 
 
 # --------------------------------------------------------------------------------------------------
@@ -299,14 +261,6 @@ def num_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
-
-
-def peak_tflops(device_kind: str) -> Optional[float]:
-    kind = device_kind.lower()
-    for key, value in PEAK_TFLOPS:
-        if key in kind:
-            return value
-    return None
 
 
 def measure_matmul_flops(n: int = 4096, reps: int = 5) -> float:

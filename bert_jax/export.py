@@ -118,10 +118,9 @@ def select_step(workdir: str, checkpoints_dir: str, step: Optional[int]) -> int:
 
 def saved_param_shapes(checkpoints_dir: str, step: int) -> Dict[Tuple[str, ...], Tuple[int, ...]]:
     """{param path: shape} of the TrainState saved at `step`, from the checkpoint's metadata (no array read)."""
-    import orbax.checkpoint as ocp
-    from bert_jax.training.checkpoints import STATE
+    from bert_jax.training import checkpoints  # orbax: imported only when exporting
     try:
-        tree = ocp.PyTreeCheckpointHandler().metadata(paths.workdir_path(checkpoints_dir) / str(step) / STATE).tree
+        tree = checkpoints.saved_state_metadata(checkpoints_dir, step)
     except Exception as e:  # missing or unreadable metadata: a corrupt or partial checkpoint
         raise ExportError(f"cannot read the checkpoint of step {step} in {checkpoints_dir}: {type(e).__name__}: "
                           f"{str(e)[:400]}") from e

@@ -30,6 +30,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 import optax
+from flax import traverse_util
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
@@ -247,16 +248,26 @@ def abstract_params(model: nn.Module, mesh: Mesh, rules: Rules = DEFAULT_RULES, 
 
 
 def sharded_init(model: nn.Module, mesh: Mesh, rules: Rules = DEFAULT_RULES, rng: Optional[jax.Array] = None,
-                 inputs: Optional[Mapping] = None, shardings=None):
+                 inputs: Optional[Mapping] = None, shardings=None, only: Optional[Sequence[Tuple[str, ...]]] = None):
     """Unboxed params initialised by one `jax.jit(init, out_shardings=...)`: each device computes
-    only its shards (same values as `bert_jax.init_params(model, rng)`)."""
+    only its shards (same values as `bert_jax.init_params(model, rng)`).
+
+    `only`: param paths (tuples of names); then just those leaves, as a flat {path: array} dict (the
+    rest of the init is dead code XLA drops: e.g. a fresh head around loaded encoder weights)."""
     rng = jax.random.PRNGKey(0) if rng is None else rng
     shardings = param_shardings(model, mesh, rules, inputs) if shardings is None else shardings
     init = _init_fn(model, inputs)
+    fn = lambda r: nn.meta.unbox(init(r))
+    if only is not None:
+        only = tuple(only)
+        flat_shardings = traverse_util.flatten_dict(shardings)
+        shardings = {path: flat_shardings[path] for path in only}
+        fn = lambda r: {path: leaf for path, leaf in traverse_util.flatten_dict(nn.meta.unbox(init(r))).items()
+                        if path in shardings}
     # Traced without logical rules: out_shardings alone place the params, and no activation
     # constraint of the dummy forward pass needs a mesh context.
     with nn.logical_axis_rules(()):
-        return jax.jit(lambda r: nn.meta.unbox(init(r)), out_shardings=shardings)(rng)
+        return jax.jit(fn, out_shardings=shardings)(rng)
 
 
 def shard_params(params, shardings):

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import traverse_util
 from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 import bert_jax
@@ -203,6 +204,18 @@ def test_sharded_init_matches_init_params(model, placed):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert flat_specs(jax.tree_util.tree_map(lambda x: x.sharding, params)) == GOLDEN_PRETRAINING_SPECS
     assert flat_specs(p_sh) == GOLDEN_PRETRAINING_SPECS
+
+
+def test_sharded_init_of_some_leaves_matches_the_full_init(model, placed, one_device_mesh):
+    """`only=` (a fresh head around loaded encoder weights) computes just those leaves, bit for bit."""
+    _, params, p_sh, _ = placed
+    flat = traverse_util.flatten_dict(params)
+    only = [path for path in flat if path[0] != "bert"]
+    some = S.sharded_init(model, one_device_mesh, rng=jax.random.PRNGKey(3), shardings=p_sh, only=only)
+    assert sorted(some) == sorted(only)
+    for path in only:
+        np.testing.assert_array_equal(np.asarray(some[path]), np.asarray(flat[path]))
+        assert some[path].sharding == flat[path].sharding
 
 
 def test_opt_state_shardings_follow_params_not_shapes(placed):

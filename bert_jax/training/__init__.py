@@ -1,1 +1,1 @@
-"""Training: the pretraining loop and its parts (steps, optimizers and schedules, checkpoints, metrics)."""
+"""Training: one loop (`loop.py`) that pretraining (`trainer.py`) and fine-tuning (`finetune.py`) plug into."""

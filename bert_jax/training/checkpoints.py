@@ -151,4 +151,23 @@ def restore_params(directory: paths.PathLike, abstract_params: Any, step: Option
     return restored[STATE]["params"]
 
 
+def saved_params_metadata(directory: paths.PathLike) -> Tuple[Optional[int], Any]:
+    """(latest step, the metadata tree of its saved params) of a bert_jax checkpoint directory, without
+    reading any array; (None, None) when it holds no checkpoint."""
+    manager = ocp.CheckpointManager(paths.workdir_path(directory), item_handlers={
+        STATE: ocp.StandardCheckpointHandler(), DATA: ocp.JsonCheckpointHandler()})
+    try:
+        all_steps = sorted(manager.all_steps())
+        if not all_steps:
+            return None, None
+        return all_steps[-1], manager.item_metadata(all_steps[-1])[STATE]["params"]
+    finally:
+        manager.close()
+
+
+def saved_state_metadata(directory: paths.PathLike, step: int) -> Any:
+    """The metadata tree (shapes, dtypes; no array read) of the train state saved at `step`."""
+    return ocp.PyTreeCheckpointHandler().metadata(paths.workdir_path(directory) / str(step) / STATE).tree
+
+
 PreemptionFlag = Callable[[], bool]

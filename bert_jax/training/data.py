@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from bert_jax.data import pipeline
-from bert_jax.data.pretraining import DynamicMasker
+from bert_jax.data.dynamic import DynamicMasker
 from bert_jax.tokenization import BertTokenizer, train_wordpiece
 from bert_jax.training import paths
 

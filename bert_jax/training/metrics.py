@@ -2,7 +2,7 @@
 file and the console (log lines plus a tqdm progress bar). Only process 0 writes.
 
 Also the utilisation arithmetic the loop logs: model FLOP/s over the peak FLOP/s of the devices in
-use (MFU). The per-chip peak table lives in `bert_jax.benchmark` (one table for the benchmark and
+use (MFU). The per-chip peak table lives in `bert_jax.flops` (one table for the benchmark and
 the loop); CPUs have no entry, so on CPU MFU is logged only when the config names a peak.
 """
 
@@ -106,7 +106,7 @@ def format_metrics(step: int, total: int, metrics: Mapping[str, float]) -> str:
 # ------------------------------------------------------------------------------------ utilisation
 def peak_flops_per_second(devices: Sequence[jax.Device], tflops_per_device: float = 0.0) -> Optional[float]:
     """Peak FLOP/s of `devices` together: `tflops_per_device` when > 0, else the per-chip (bf16 dense)
-    table in `bert_jax.benchmark`. None when neither knows the chip (CPUs, unlisted accelerators):
+    table in `bert_jax.flops`. None when neither knows the chip (CPUs, unlisted accelerators):
     no peak, no MFU, rather than a made-up number."""
     if tflops_per_device < 0:
         raise ValueError(f"peak_tflops_per_device must be >= 0 (0 = look the chip up), got {tflops_per_device}")
@@ -114,7 +114,7 @@ def peak_flops_per_second(devices: Sequence[jax.Device], tflops_per_device: floa
         raise ValueError("peak_flops_per_second needs at least one device")
     if tflops_per_device > 0:
         return tflops_per_device * 1e12 * len(devices)
-    from bert_jax.benchmark import peak_tflops  # the one table of chip peaks
+    from bert_jax.flops import peak_tflops  # the one table of chip peaks
     kinds = {(d.platform, d.device_kind) for d in devices}
     if len(kinds) != 1:
         return None  # mixed chips: no single peak

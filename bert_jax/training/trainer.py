@@ -1,71 +1,50 @@
-"""`train_and_evaluate(config, workdir)`: the pretraining loop.
+"""Pretraining (MLM + NSP or MLM alone) as a task of the training loop: `train_and_evaluate(config,
+workdir)`, `evaluate_checkpoint`, and fill-mask with the result.
 
-Data flows one way: loader (per host) -> global arrays on the mesh -> jitted train step -> metrics /
-Orbax. The loop never syncs with the device except to log, evaluate and checkpoint, so it adds
-little over the bare step.
+The loop (`training/loop.py`) owns the mesh, state, jitted step and loop body; this module brings the
+model, the MLM/NSP step, the input pipeline (`training/data.py`) and the held-out evaluation.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import logging
-import os
-import signal
-import time
 from typing import Any, Callable, Dict, Optional
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
-from bert_jax import sharding
+from bert_jax import flops, sharding
 from bert_jax.config import BertConfig
 from bert_jax.modeling import BertForMaskedLM, BertForPreTraining
-from bert_jax.training import checkpoints, data as training_data, metrics as metrics_lib, paths, steps
+from bert_jax.training import checkpoints, data as training_data, loop, metrics as metrics_lib, paths, steps
+from bert_jax.training.loop import NonFiniteError, nonfinite_steps  # noqa: F401  (part of this module's API)
 from bert_jax.training.optim import make_optimizer
 
 logger = logging.getLogger(__name__)
 
 
-class NonFiniteError(RuntimeError):
-    pass
-
-
-class _Preemption:
-    """Turns SIGTERM into a flag the loop checks after each step (then saves and exits cleanly)."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread (e.g. a notebook worker): no handler
-            self._previous = None
-        return self
-
-    def _handle(self, signum, frame):
-        logger.warning("SIGTERM received: saving a checkpoint and stopping")
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-
 def flops_per_token(config: BertConfig, seq_len: int, mlm_fraction: float) -> float:
-    """Training FLOPs per token: 6·N_non-embedding + 12·L·hidden·seq + 6·hidden·vocab·f (the
-    benchmark's count, so the loop's MFU and the benchmark's agree)."""
-    from bert_jax.benchmark import flops_per_token as benchmark_flops_per_token
-    return benchmark_flops_per_token(config, seq_len, mlm_fraction, training=True)
+    """Training FLOPs per token (`bert_jax.flops`: the benchmark's count, so the loop's MFU and the
+    benchmark's agree)."""
+    return flops.flops_per_token(config, seq_len, mlm_fraction, training=True)
 
 
 def build_model(config: ml_collections.ConfigDict, model_config: BertConfig):
     return BertForPreTraining(model_config) if config.objective == "mlm_nsp" else BertForMaskedLM(model_config)
+
+
+def build_model_config(config: ml_collections.ConfigDict, vocab_size: int, pad_token_id: int) -> BertConfig:
+    """`config.model` sized to the vocab, with positions for `config.data.seq_len`."""
+    return BertConfig(**{**config.model.to_dict(), "vocab_size": vocab_size, "pad_token_id": pad_token_id,
+                         "max_position_embeddings": max(config.model.max_position_embeddings, config.data.seq_len)})
+
+
+def make_train_step(model, tx, schedule, micro_batches: int, skip_nonfinite: bool):
+    """The pretraining step (`steps.make_train_step`) in the loop's `make_train_step` signature."""
+    return steps.make_train_step(model, tx, schedule, micro_batches=micro_batches, skip_nonfinite=skip_nonfinite)
 
 
 def write_model_files(workdir: paths.PathLike, config: ml_collections.ConfigDict, model_config: BertConfig,
@@ -81,65 +60,99 @@ def write_model_files(workdir: paths.PathLike, config: ml_collections.ConfigDict
         tokenizer.save(saved)
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: paths.PathLike) -> Dict[str, Any]:
-    """Evaluates the latest checkpoint in `workdir` on the held-out batches."""
-    return train_and_evaluate(config, workdir, eval_only=True)
-
-
-def _check_loop_config(config: ml_collections.ConfigDict) -> None:
-    for key in ("log_every", "checkpoint_every"):
-        if config[key] <= 0:
-            raise ValueError(f"config.{key} must be > 0, got {config[key]}")
+def _check_config(config: ml_collections.ConfigDict) -> None:
+    loop.check_config(config)
+    if config.checkpoint_every <= 0:
+        raise ValueError(f"config.checkpoint_every must be > 0, got {config.checkpoint_every}")
     if config.get("best_metric") and not config.eval_every:
         raise ValueError(f"config.best_metric={config.best_metric!r} needs evaluations: set config.eval_every > 0")
-    if config.on_nonfinite not in ("stop", "skip"):
-        raise ValueError(f"config.on_nonfinite must be 'stop' or 'skip', got {config.on_nonfinite!r}")
+
+
+class PretrainingTask(loop.LoopTask):
+    """MLM (+ NSP) on `training/data.py`'s loaders; evaluation on the held-out batches."""
+
+    def __init__(self, config: ml_collections.ConfigDict, data: training_data.PretrainingData, mesh, rules):
+        self.config, self.data, self.mesh, self.rules = config, data, mesh, rules
+        self.model_config = build_model_config(config, data.vocab_size, data.pad_token_id)
+        self.model = build_model(config, self.model_config)
+        self.total_steps = config.total_steps
+        self.eval_every = config.eval_every
+        self.eval_at_end = bool(config.eval_every)
+        self.best_metric = config.get("best_metric", "") or None
+        self.best_mode = config.get("best_mode", "max")
+        self.step_flops = flops.pretraining_step_flops(self.model_config, config.data.seq_len,
+                                                       config.data.max_predictions, config.data.global_batch_size)
+        self.peak_flops = metrics_lib.peak_flops_per_second(list(mesh.devices.flat),
+                                                            config.get("peak_tflops_per_device", 0.0))
+        self.eval_step = jax.jit(steps.make_eval_step(self.model))
+        self._train_iter = None
+
+    def make_train_step(self, tx, schedule, micro_batches, skip_nonfinite):
+        return make_train_step(self.model, tx, schedule, micro_batches, skip_nonfinite)
+
+    def initial_params(self, mesh, rules, shardings):
+        return _initial_params(self.config, self.model, mesh, rules, shardings)
+
+    @property
+    def train_iter(self):
+        if self._train_iter is None:
+            self._train_iter = iter(self.data.train_loader)
+        return self._train_iter
+
+    def next_batch(self):
+        return next(self.train_iter)
+
+    def data_state(self) -> dict:
+        return training_data.gather_iterator_states(self.train_iter)
+
+    def restore_data_state(self, data_state: dict) -> None:
+        training_data.restore_iterator_state(self.train_iter, data_state)
+
+    def evaluate(self, params, step: int) -> Dict[str, float]:
+        return evaluate(self.eval_step, params, self.data, self.mesh, self.rules)
+
+    def train_summary(self, means, done, steps_per_s, skipped):
+        batch_size, seq_len = self.config.data.global_batch_size, self.config.data.seq_len
+        return dict(means, seq_per_s=steps_per_s * batch_size, tokens_per_s=steps_per_s * batch_size * seq_len,
+                    skipped_steps=float(skipped), **metrics_lib.utilisation(self.step_flops, steps_per_s,
+                                                                            self.peak_flops))
 
 
 @dataclasses.dataclass
 class Run:
-    """Everything a pretraining run computes with, before any checkpoint is restored."""
+    """Everything a pretraining run computes with (what benchmarks/loop_overhead.py times)."""
     mesh: jax.sharding.Mesh
     rules: Any
     data: training_data.PretrainingData
     model_config: BertConfig
     model: Any  # BertForPreTraining | BertForMaskedLM
-    state: steps.TrainState  # freshly initialised (or from config.init_from), sharded on `mesh`
+    state: Optional[steps.TrainState]  # fresh (or from config.init_from), sharded on `mesh`; None: not built
     train_step: Callable  # jitted (state, global batch) -> (state, metrics); donates the state
     eval_step: Callable  # jitted (params, global batch) -> sums
     step_flops: float  # model FLOPs of one training step (global batch)
+    task: PretrainingTask
+    built: loop.Built
 
 
-def build_run(config: ml_collections.ConfigDict, workdir: paths.PathLike) -> Run:
-    """Mesh, input pipeline, model, optimizer, initial state and the jitted steps for `config`
-    (shared by `train_and_evaluate` and benchmarks/loop_overhead.py, which times the bare step)."""
-    mesh = sharding.create_mesh(sharding.MeshConfig(ici_parallelism=tuple(config.mesh.ici_parallelism),
-                                                    dcn_parallelism=tuple(config.mesh.dcn_parallelism)))
-    rules = sharding.rules_from_config(config.mesh.get("rules") or None)
+def build_run(config: ml_collections.ConfigDict, workdir: paths.PathLike, fresh_state: bool = True) -> Run:
+    """Mesh, input pipeline, model, optimizer, the jitted steps and (with `fresh_state`) the step-0
+    state for `config` (shared by `train_and_evaluate` and benchmarks/loop_overhead.py)."""
+    mesh, rules = loop.make_mesh(config)
     data = training_data.build_pretraining_data(config, workdir)
-    model_config = BertConfig(**{**config.model.to_dict(), "vocab_size": data.vocab_size,
-                                 "pad_token_id": data.pad_token_id,
-                                 "max_position_embeddings": max(config.model.max_position_embeddings,
-                                                                config.data.seq_len)})
-    model = build_model(config, model_config)
+    task = PretrainingTask(config, data, mesh, rules)
     tx, schedule = make_optimizer(config.optim)
+    built = loop.build(config, task.model, tx, schedule, task.make_train_step, mesh, rules)
+    state = None
+    if fresh_state:
+        state = loop.fresh_state(built, task.initial_params(mesh, rules, loop.shardings_of(built.abstract.params)),
+                                 config.seed)
+    return Run(mesh, rules, data, task.model_config, task.model, state, built.train_step, task.eval_step,
+               task.step_flops, task, built)
 
-    params_shardings = sharding.param_shardings(model, mesh, rules)
-    params = _initial_params(config, model, mesh, rules, params_shardings)
-    opt_state = sharding.sharded_optimizer_init(tx, params)
-    replicated = NamedSharding(mesh, PartitionSpec())
-    state = steps.TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), replicated), params=params,
-                             opt_state=opt_state, rng=jax.device_put(jax.random.PRNGKey(config.seed), replicated))
-    state_shardings = jax.tree.map(lambda x: x.sharding, state)
-    train_step = jax.jit(steps.make_train_step(model, tx, schedule, micro_batches=config.get("micro_batches", 1),
-                                               skip_nonfinite=config.on_nonfinite == "skip"),
-                         in_shardings=(state_shardings, sharding.batch_sharding(mesh, rules)),
-                         out_shardings=(state_shardings, None), donate_argnums=0)
-    eval_step = jax.jit(steps.make_eval_step(model))
-    seq_len = config.data.seq_len
-    step_flops = (flops_per_token(model_config, seq_len, config.data.max_predictions / seq_len)
-                  * seq_len * config.data.global_batch_size)
-    return Run(mesh, rules, data, model_config, model, state, train_step, eval_step, step_flops)
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: paths.PathLike) -> Dict[str, Any]:
+    """Evaluates the latest checkpoint in `workdir` on the held-out batches."""
+    return train_and_evaluate(config, workdir, eval_only=True)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: paths.PathLike, eval_only: bool = False) -> Dict[str, Any]:
@@ -148,7 +161,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: paths.PathLik
     Writes into `workdir` (a local directory or a gs:// URL, see `paths`): config.json (the effective
     config), model_config.json + tokenizer/ (for export), checkpoints/, metrics.jsonl, tensorboard/
     and, at the end, final_metrics.json."""
-    _check_loop_config(config)
+    _check_config(config)
     sharding.maybe_initialize_distributed()
     workdir = paths.workdir_path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -156,135 +169,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: paths.PathLik
     if is_main:
         paths.write_json(workdir / "config.json", config.to_dict())
 
-    run = build_run(config, workdir)
+    run = build_run(config, workdir, fresh_state=False)
+    task = run.task
     if is_main:
         write_model_files(workdir, config, run.model_config, run.data.tokenizer)
-    mesh, rules, data, model, state = run.mesh, run.rules, run.data, run.model, run.state
-
-    best_metric = config.get("best_metric", "") or None
-    ckpt = checkpoints.Checkpointer(workdir / "checkpoints", save_every=config.checkpoint_every,
-                                    keep=config.keep_checkpoints, async_save=config.get("async_checkpointing", True),
-                                    best_metric=best_metric, best_mode=config.get("best_mode", "max"))
-    train_iter = iter(data.train_loader)
-    restored = ckpt.restore(checkpoints.abstract_like(state))
-    if restored is not None:
-        start, state, data_state = restored
-        if data_state:
-            training_data.restore_iterator_state(train_iter, data_state)
-        logger.info("resumed from step %d in %s", start, workdir)
-    elif eval_only:
+    ckpt = loop.make_checkpointer(config, workdir, task)
+    state = loop.init_or_restore(config, task, run.built, ckpt, fresh=not eval_only)
+    if state is None:
+        ckpt.close()
         raise FileNotFoundError(f"no checkpoint to evaluate in {ckpt.directory}")
     start_step = int(state.step)
 
-    train_step, eval_step, step_flops = run.train_step, run.eval_step, run.step_flops
-    writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
-    seq_len, batch_size = config.data.seq_len, config.data.global_batch_size
-    peak_flops = metrics_lib.peak_flops_per_second(list(mesh.devices.flat), config.get("peak_tflops_per_device", 0.0))
-
     if eval_only:
-        with sharding.activation_context(mesh, rules):
-            eval_metrics = evaluate(eval_step, state.params, data, mesh, rules)
+        with sharding.activation_context(run.mesh, run.rules):
+            eval_metrics = task.evaluate(state.params, start_step)
         ckpt.close()
         logger.info("eval of step %d: %s", start_step, eval_metrics)
         return {"step": start_step, "train": {}, "eval": eval_metrics, "preempted": False, "state": state,
-                "model": model, "data": data}
+                "model": run.model, "data": run.data}
 
-    pending = []  # metrics of steps in flight (device arrays), fetched at log/eval/save points
-    window = collections.deque(maxlen=config.log_every)  # fetched metrics of the latest steps
-    synced, skipped = start_step, 0  # steps whose metrics were fetched; skipped (non-finite) since the last log
-    last_log, paused = time.perf_counter(), 0.0  # paused: eval seconds, left out of seq/s
-    last_good = ckpt.latest_step()
-    train_metrics: Dict[str, float] = {}
-    eval_metrics: Dict[str, float] = {}
-    profile_at = config.get("profile_steps", 0)
-    progress = metrics_lib.ProgressBar(config.total_steps, initial=start_step,
-                                       enabled=is_main and config.get("progress_bar", True))
-    with sharding.activation_context(mesh, rules), _Preemption() as preemption, progress:
-        for step in range(start_step, config.total_steps):
-            if profile_at and step == start_step + 2:
-                jax.profiler.start_trace(os.fspath(workdir / "profile"))
-            batch = sharding.make_global_batch(next(train_iter), mesh, rules)
-            state, step_metrics = train_step(state, batch)
-            pending.append(step_metrics)
-            progress.advance()
-            if profile_at and step == start_step + 2 + profile_at:
-                jax.profiler.stop_trace()
-            done = step + 1
-            is_last = done == config.total_steps
-            is_log = done % config.log_every == 0 or is_last
-            is_eval = bool(config.eval_every) and (done % config.eval_every == 0 or is_last)
-            rank = is_eval and best_metric is not None  # every evaluated state is a best candidate: save it
-            must_save = is_last or preemption.requested or rank
-            is_save = must_save or done % config.checkpoint_every == 0
-            if not (is_log or is_save or is_eval):
-                continue  # the step stays in flight: no host sync between log points
-            fetched = jax.device_get(pending)
-            bad = nonfinite_steps(fetched, synced, config.on_nonfinite, ckpt, last_good)
-            window.extend(fetched)
-            synced, skipped, pending = synced + len(fetched), skipped + len(bad), []
-            if is_log:
-                now = time.perf_counter()
-                elapsed, last_log, paused = max(now - last_log - paused, 1e-9), now, 0.0
-                train_metrics = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
-                steps_per_s = _steps_since_last_log(done, config.log_every, start_step) / elapsed
-                train_metrics.update(seq_per_s=steps_per_s * batch_size,
-                                     tokens_per_s=steps_per_s * batch_size * seq_len, skipped_steps=float(skipped),
-                                     **metrics_lib.utilisation(step_flops, steps_per_s, peak_flops))
-                skipped = 0
-                writer.write(done, train_metrics)
-                progress.show(train_metrics)
-                if is_main:
-                    logger.info(metrics_lib.format_metrics(done, config.total_steps, train_metrics))
-            if is_eval:
-                eval_start = time.perf_counter()
-                eval_metrics = evaluate(eval_step, state.params, data, mesh, rules)
-                writer.write(done, eval_metrics, prefix="eval")
-                if is_main:
-                    logger.info("eval at step %d: %s", done, {k: round(v, 4) for k, v in eval_metrics.items()})
-                paused += time.perf_counter() - eval_start
-            if is_save and ckpt.save(done, state, training_data.gather_iterator_states(train_iter),
-                                     metrics=eval_metrics if rank else None, force=must_save):
-                last_good = done
-            if preemption.requested:
-                if last_good != done:  # SIGTERM arrived after this step's save check
-                    unchecked = jax.device_get(pending)
-                    pending = []
-                    if config.on_nonfinite == "skip" or all(m["finite"] for m in unchecked):
-                        ckpt.save(done, state, training_data.gather_iterator_states(train_iter), force=True)
-                        last_good = done
-                break
-    ckpt.wait()
+    result = loop.train(config, workdir, task, run.built, ckpt, state)
     final_path = workdir / "final_metrics.json"
     if start_step >= config.total_steps and final_path.is_file():
         # Rerun of a finished run: nothing trained, so the finished run's metrics stay as they are.
         final = paths.read_json(final_path)
     else:
-        final = {"step": int(state.step), "train": train_metrics, "eval": eval_metrics,
-                 "preempted": preemption.requested}
-        if best_metric:
-            final["best_step"] = ckpt.best_step()
+        final = {"step": int(result.state.step), "train": result.train, "eval": result.eval,
+                 "preempted": result.preempted}
+        if task.best_metric:
+            final["best_step"] = result.best_step
         if is_main:
             paths.write_json(final_path, final)
-    ckpt.close()
-    writer.close()
-    return dict(final, state=state, model=model, data=data)
-
-
-def nonfinite_steps(fetched: list, synced: int, on_nonfinite: str, ckpt, last_good: Optional[int]) -> list:
-    """Steps (1-based) among the just-fetched step metrics whose loss or gradients were not finite;
-    with `on_nonfinite="stop"` the first one raises `NonFiniteError` naming the last good checkpoint."""
-    bad = [synced + i + 1 for i, m in enumerate(fetched) if not m["finite"]]
-    if bad and on_nonfinite == "stop":
-        ckpt.wait()
-        raise NonFiniteError(f"non-finite loss or gradients at step {bad[0]}; last good checkpoint: "
-                             f"{last_good if last_good is not None else 'none'} in {ckpt.directory}")
-    return bad
-
-
-def _steps_since_last_log(done: int, log_every: int, start_step: int) -> int:
-    """Steps run since the previous log line (the first line after a (re)start counts from the start)."""
-    previous = max(start_step, (done - 1) // log_every * log_every)
-    return max(done - previous, 1)
+    return dict(final, state=result.state, model=run.model, data=run.data)
 
 
 def evaluate(eval_step, params, data, mesh, rules) -> Dict[str, float]:

@@ -1,0 +1,310 @@
+"""The one training loop: mesh, sharded train state (fresh or restored), the jitted donating step and
+the loop body (log, evaluate, checkpoint, preemption, non-finite check) for any `LoopTask`.
+
+Pretraining (`training/trainer.py`) and fine-tuning (`training/finetune.py`) are tasks; `bert_jax.aot`
+compiles the step `build` returns. Data flows one way: the task's host batches -> global arrays on
+the mesh -> jitted train step -> metrics / Orbax. The loop syncs with the device only to log,
+evaluate and checkpoint, so it adds little over the bare step.
+
+    mesh, rules = make_mesh(config)
+    task = MyTask(...)                       # a LoopTask: model, loss, batches, evaluation
+    built = build(config, task.model, tx, schedule, task.make_train_step, mesh, rules)
+    ckpt = make_checkpointer(config, workdir, task)
+    state = init_or_restore(config, task, built, ckpt)   # restores onto built.abstract, else fresh
+    result = train(config, workdir, task, built, ckpt, state)
+"""
+
+from __future__ import annotations
+
+import abc
+import collections
+import dataclasses
+import logging
+import os
+import signal
+import time
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from bert_jax import sharding
+from bert_jax.training import checkpoints, metrics as metrics_lib, paths, steps
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteError(RuntimeError):
+    pass
+
+
+class Preemption:
+    """Turns SIGTERM into a flag the loop checks after each step (then saves and exits cleanly)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread (e.g. a notebook worker): no handler
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        logger.warning("SIGTERM received: saving a checkpoint and stopping")
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+# ------------------------------------------------------------------------------------ the contract
+class LoopTask(abc.ABC):
+    """What a task (pretraining, a fine-tuning head) brings to the loop. The loop owns the mesh, the
+    state, the jitted step and when to log / evaluate / save; the task owns the model, its loss, its
+    data and what its metrics mean."""
+
+    model: nn.Module
+    total_steps: int
+    eval_every: int = 0  # evaluate every N steps (0: never, except at the end with `eval_at_end`)
+    eval_at_end: bool = True
+    best_metric: Optional[str] = None  # eval metric that ranks checkpoints (an evaluated state is then saved)
+    best_mode: str = "max"
+
+    @abc.abstractmethod
+    def make_train_step(self, tx: optax.GradientTransformation, schedule: Callable, micro_batches: int,
+                        skip_nonfinite: bool) -> Callable[[steps.TrainState, Dict[str, jax.Array]], Tuple[Any, Dict]]:
+        """`train_step(state, global batch) -> (state, metrics)`; metrics include `finite` (0/1)."""
+
+    @abc.abstractmethod
+    def initial_params(self, mesh, rules, shardings) -> Any:
+        """Params at step 0, placed on `shardings` (only called when there is nothing to resume)."""
+
+    @abc.abstractmethod
+    def next_batch(self) -> Dict[str, np.ndarray]:
+        """This process's rows of the next global batch (host arrays)."""
+
+    @abc.abstractmethod
+    def data_state(self) -> dict:
+        """JSON-able input position (and anything else resume needs); all processes call it together."""
+
+    @abc.abstractmethod
+    def restore_data_state(self, data_state: dict) -> None:
+        """Continues from a `data_state()` saved with the checkpoint being resumed."""
+
+    @abc.abstractmethod
+    def evaluate(self, params, step: int) -> Dict[str, float]:
+        """Flat {metric: value} of `params` on the held-out data (inside the mesh context)."""
+
+    @abc.abstractmethod
+    def train_summary(self, means: Dict[str, float], done: int, steps_per_s: float, skipped: int) -> Dict[str, float]:
+        """The logged train metrics from the means of the step metrics since the last log line."""
+
+    def eval_note(self) -> str:
+        """Appended to the eval log line (e.g. the best step so far)."""
+        return ""
+
+
+# ------------------------------------------------------------------------------------- the builder
+def make_mesh(config: ml_collections.ConfigDict, devices=None) -> Tuple[jax.sharding.Mesh, Any]:
+    """(mesh, logical axis rules) from `config.mesh` (over `devices`, default all)."""
+    mesh = sharding.create_mesh(sharding.MeshConfig(ici_parallelism=tuple(config.mesh.ici_parallelism),
+                                                    dcn_parallelism=tuple(config.mesh.dcn_parallelism)), devices)
+    return mesh, sharding.rules_from_config(config.mesh.get("rules") or None)
+
+
+def abstract_state(model: nn.Module, tx: optax.GradientTransformation, mesh, rules, seed: int = 0) -> steps.TrainState:
+    """The train state as ShapeDtypeStructs carrying their shardings (`jax.eval_shape`: nothing is
+    allocated): a restore target, the jitted step's shardings, an AOT compile argument."""
+    params = sharding.abstract_params(model, mesh, rules)
+    params_shardings = jax.tree.map(lambda x: x.sharding, params)
+    opt_shardings = sharding.opt_state_shardings(tx, params_shardings, params)
+    opt_state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                             jax.eval_shape(tx.init, params), opt_shardings)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    rng = jax.eval_shape(lambda: jax.random.PRNGKey(seed))
+    return steps.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated), params=params,
+                            opt_state=opt_state, rng=jax.ShapeDtypeStruct(rng.shape, rng.dtype, sharding=replicated))
+
+
+def shardings_of(tree) -> Any:
+    return jax.tree.map(lambda x: x.sharding, tree)
+
+
+@dataclasses.dataclass
+class Built:
+    """What `build` returns: everything the loop computes with, before any state exists."""
+    mesh: jax.sharding.Mesh
+    rules: Any
+    tx: optax.GradientTransformation
+    abstract: steps.TrainState  # sharded ShapeDtypeStructs
+    train_step: Callable  # jitted (state, global batch) -> (state, metrics); donates the state
+    batch_sharding: NamedSharding
+
+
+def build(config: ml_collections.ConfigDict, model: nn.Module, tx: optax.GradientTransformation, schedule: Callable,
+          make_train_step: Callable, mesh, rules) -> Built:
+    """The abstract sharded state and the jitted donating train step of `make_train_step(tx,
+    schedule, micro_batches, skip_nonfinite)` (what the loop runs and `bert_jax.aot` compiles)."""
+    abstract = abstract_state(model, tx, mesh, rules, config.seed)
+    state_shardings = shardings_of(abstract)
+    batch_sharding = sharding.batch_sharding(mesh, rules)
+    step_fn = make_train_step(tx, schedule, config.get("micro_batches", 1), config.on_nonfinite == "skip")
+    train_step = jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding),
+                         out_shardings=(state_shardings, None), donate_argnums=0)
+    return Built(mesh, rules, tx, abstract, train_step, batch_sharding)
+
+
+def fresh_state(built: Built, params, seed: int) -> steps.TrainState:
+    """Step 0 from `params` (already placed): optimizer state born sharded, the run's RNG."""
+    replicated = NamedSharding(built.mesh, PartitionSpec())
+    return steps.TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), replicated), params=params,
+                            opt_state=sharding.sharded_optimizer_init(built.tx, params,
+                                                                      shardings_of(built.abstract.opt_state)),
+                            rng=jax.device_put(jax.random.PRNGKey(seed), replicated))
+
+
+def init_or_restore(config, task: LoopTask, built: Built, ckpt: checkpoints.Checkpointer,
+                    fresh: bool = True) -> Optional[steps.TrainState]:
+    """The latest readable checkpoint restored onto the abstract state (and the task's data position),
+    else (with `fresh`) a fresh state from `task.initial_params`, else None."""
+    restored = ckpt.restore(built.abstract) if ckpt.latest_step() is not None else None
+    if restored is not None:
+        start, state, data_state = restored
+        if data_state:
+            task.restore_data_state(data_state)
+        logger.info("resumed from step %d in %s", start, ckpt.directory)
+        return state
+    if not fresh:
+        return None
+    params = task.initial_params(built.mesh, built.rules, shardings_of(built.abstract.params))
+    return fresh_state(built, params, config.seed)
+
+
+def make_checkpointer(config, workdir: paths.PathLike, task: LoopTask) -> checkpoints.Checkpointer:
+    return checkpoints.Checkpointer(paths.workdir_path(workdir) / "checkpoints",
+                                    save_every=max(config.checkpoint_every, 1), keep=config.keep_checkpoints,
+                                    async_save=config.get("async_checkpointing", True),
+                                    best_metric=task.best_metric, best_mode=task.best_mode)
+
+
+# ---------------------------------------------------------------------------------------- the loop
+@dataclasses.dataclass
+class LoopResult:
+    state: steps.TrainState
+    start_step: int
+    train: Dict[str, float]  # the last logged train metrics
+    eval: Dict[str, float]  # the last evaluation
+    preempted: bool  # SIGTERM was received (the state was saved)
+    best_step: Optional[int]
+
+
+def train(config, workdir: paths.PathLike, task: LoopTask, built: Built, ckpt: checkpoints.Checkpointer,
+          state: steps.TrainState) -> LoopResult:
+    """Runs `state` to `task.total_steps`; logs every `config.log_every` steps (and at the end),
+    evaluates as the task asks, saves every `config.checkpoint_every` steps (> 0), at every ranked
+    evaluation, at the end and on SIGTERM. Closes `ckpt`."""
+    workdir = paths.workdir_path(workdir)
+    is_main = jax.process_index() == 0
+    mesh, rules, total = built.mesh, built.rules, task.total_steps
+    start_step = int(state.step)
+    writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
+    pending = []  # metrics of steps in flight (device arrays), fetched at log/eval/save points
+    window = collections.deque(maxlen=config.log_every)  # fetched metrics of the latest steps
+    synced, skipped = start_step, 0  # steps whose metrics were fetched; skipped (non-finite) since the last log
+    last_log, paused = time.perf_counter(), 0.0  # paused: eval seconds, left out of seq/s
+    last_good = ckpt.latest_step()
+    train_metrics: Dict[str, float] = {}
+    eval_metrics: Dict[str, float] = {}
+    profile_at = config.get("profile_steps", 0)
+    every = config.checkpoint_every
+    progress = metrics_lib.ProgressBar(total, initial=start_step, enabled=is_main and config.get("progress_bar", True))
+    with sharding.activation_context(mesh, rules), Preemption() as preemption, progress:
+        for step in range(start_step, total):
+            if profile_at and step == start_step + 2:
+                jax.profiler.start_trace(os.fspath(workdir / "profile"))
+            batch = sharding.make_global_batch(task.next_batch(), mesh, rules)
+            state, step_metrics = built.train_step(state, batch)
+            pending.append(step_metrics)
+            progress.advance()
+            if profile_at and step == start_step + 2 + profile_at:
+                jax.profiler.stop_trace()
+            done = step + 1
+            is_last = done == total
+            is_log = done % config.log_every == 0 or is_last
+            is_eval = (is_last and task.eval_at_end) or bool(task.eval_every) and done % task.eval_every == 0
+            rank = is_eval and task.best_metric is not None  # every evaluated state is a best candidate: save it
+            is_save = is_last or preemption.requested or rank or (every > 0 and done % every == 0)
+            if not (is_log or is_save or is_eval):
+                continue  # the step stays in flight: no host sync between log points
+            fetched = jax.device_get(pending)
+            bad = nonfinite_steps(fetched, synced, config.on_nonfinite, ckpt, last_good)
+            window.extend(fetched)
+            synced, skipped, pending = synced + len(fetched), skipped + len(bad), []
+            if is_log:
+                now = time.perf_counter()
+                elapsed, last_log, paused = max(now - last_log - paused, 1e-9), now, 0.0
+                means = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+                steps_per_s = _steps_since_last_log(done, config.log_every, start_step) / elapsed
+                train_metrics = task.train_summary(means, done, steps_per_s, skipped)
+                skipped = 0
+                writer.write(done, train_metrics)
+                progress.show(train_metrics)
+                if is_main:
+                    logger.info(metrics_lib.format_metrics(done, total, train_metrics))
+            if is_eval:
+                eval_start = time.perf_counter()
+                eval_metrics = task.evaluate(state.params, done)
+                writer.write(done, eval_metrics, prefix="eval")
+                if is_main:
+                    logger.info("eval at step %d: %s%s", done, {k: round(v, 4) for k, v in eval_metrics.items()},
+                                task.eval_note())
+                paused += time.perf_counter() - eval_start
+            if is_save and ckpt.save(done, state, task.data_state(), metrics=eval_metrics if rank else None,
+                                     force=True):
+                last_good = done
+            if preemption.requested:
+                if last_good != done:  # SIGTERM arrived after this step's save check
+                    unchecked = jax.device_get(pending)
+                    pending = []
+                    if config.on_nonfinite == "skip" or all(m["finite"] for m in unchecked):
+                        ckpt.save(done, state, task.data_state(), force=True)
+                        last_good = done
+                break
+    ckpt.wait()
+    result = LoopResult(state, start_step, train_metrics, eval_metrics, preemption.requested, ckpt.best_step())
+    ckpt.close()
+    writer.close()
+    return result
+
+
+def nonfinite_steps(fetched: list, synced: int, on_nonfinite: str, ckpt, last_good: Optional[int]) -> list:
+    """Steps (1-based) among the just-fetched step metrics whose loss or gradients were not finite;
+    with `on_nonfinite="stop"` the first one raises `NonFiniteError` naming the last good checkpoint."""
+    bad = [synced + i + 1 for i, m in enumerate(fetched) if not m["finite"]]
+    if bad and on_nonfinite == "stop":
+        ckpt.wait()
+        raise NonFiniteError(f"non-finite loss or gradients at step {bad[0]}; last good checkpoint: "
+                             f"{last_good if last_good is not None else 'none'} in {ckpt.directory}")
+    return bad
+
+
+def _steps_since_last_log(done: int, log_every: int, start_step: int) -> int:
+    """Steps run since the previous log line (the first line after a (re)start counts from the start)."""
+    previous = max(start_step, (done - 1) // log_every * log_every)
+    return max(done - previous, 1)
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    if config.log_every <= 0:
+        raise ValueError(f"config.log_every must be > 0, got {config.log_every}")
+    if config.on_nonfinite not in ("stop", "skip"):
+        raise ValueError(f"config.on_nonfinite must be 'stop' or 'skip', got {config.on_nonfinite!r}")
