@@ -17,6 +17,10 @@ import pretrain  # noqa: E402  (configs/ is not a package; configs are plain fil
 from bert_jax.config_args import Arg, parse  # noqa: E402,F401  (re-exported for the task configs)
 
 RUNLOCAL = Arg(bool, False, None, "shrink to a CPU-sized smoke run")
+# BertConfig fields a fine-tuning run may override on top of its checkpoint's: regularisation and the
+# JAX-side fields that describe this run's hardware, not the checkpoint.
+MODEL_OVERRIDES = {"hidden_dropout_prob": float, "attention_probs_dropout_prob": float, "classifier_dropout": float,
+                   "dtype": str, "param_dtype": str, "attention_impl": str, "remat_policy": str, "scan_layers": bool}
 DATA_DIR = Arg(str, "", None, "the task's files in their original format (empty: tfds prepared locally)")
 
 
@@ -31,7 +35,10 @@ def base_config(task_name: str) -> ml_collections.ConfigDict:
     c.lowercase = True
     c.vocab_size = 8000  # WordPiece vocab trained on the task's text when neither vocab nor init_from is set
     c.model = pretrain.model_config("base")  # used only when init_from is empty; else taken from the checkpoint
-    c.model_overrides = ml_collections.ConfigDict()  # e.g. dropout, dtype, attention_impl on top of init_from's
+    # BertConfig fields set on top of init_from's (or config.model's); None leaves the field as it is.
+    # Declared with their types so `--config.model_overrides.hidden_dropout_prob=0.0` works on every task.
+    c.model_overrides = ml_collections.ConfigDict({
+        name: ml_collections.config_dict.placeholder(kind) for name, kind in MODEL_OVERRIDES.items()})
     c.task = ml_collections.ConfigDict(dict(
         name=task_name,
         data_dir="",  # local files in the task's original format; empty: tfds.data_source

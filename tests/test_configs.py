@@ -228,3 +228,47 @@ def test_every_declared_field_is_read(configs):
                 unread.add(f"{name}: {'.'.join(path)}")
             # task.files.* are file names looked up by split name: their parent must be read.
     assert not unread, "declared but read nowhere:\n" + "\n".join(sorted(unread))
+
+
+_OVERRIDES_SCRIPT = """
+import json, sys
+from absl import flags
+from ml_collections import config_flags
+from bert_jax.training.finetune_setup import build_model_config
+config_flags.DEFINE_config_file("config", None, "", lock_config=True)
+flags.FLAGS(sys.argv)
+config = flags.FLAGS.config
+
+class Task:
+    name = "stub"
+    num_labels = staticmethod(lambda: 3)
+    problem_type = staticmethod(lambda: "single_label_classification")
+    label_names = staticmethod(lambda: ["a", "b", "c"])
+
+class Tokenizer:
+    vocab_size, pad_token_id = 120, 0
+
+model = build_model_config(config, Task(), Tokenizer())
+print(json.dumps(dict(hidden=model.hidden_dropout_prob, attention=model.attention_probs_dropout_prob,
+                      dtype=model.dtype, labels=model.num_labels,
+                      declared_attention=config.model.attention_probs_dropout_prob)))
+"""
+
+
+def _overrides(*args):
+    return subprocess.run([sys.executable, "-c", _OVERRIDES_SCRIPT, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu"))
+
+
+def test_model_overrides_from_the_command_line():
+    """`--config.model_overrides.<field>=...` works on every fine-tuning config (it was an empty ConfigDict, so
+    any override was an error); unset overrides leave the model's value."""
+    proc = _overrides("--config=configs/classify.py:runlocal", "--config.model_overrides.hidden_dropout_prob=0.0",
+                      "--config.model_overrides.dtype=bfloat16")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (got["hidden"], got["dtype"], got["labels"]) == (0.0, "bfloat16", 3)
+    assert got["attention"] == got["declared_attention"]  # not overridden: the model's own value
+    typo = _overrides("--config=configs/classify.py", "--config.model_overrides.hiden_dropout_prob=0.0")
+    assert typo.returncode != 0 and "hiden_dropout_prob" in typo.stderr

@@ -195,7 +195,8 @@ def build_model_config(config, task: Task, tokenizer: BertTokenizer) -> BertConf
     else:
         changes.update(id2label={i: f"LABEL_{i}" for i in range(task.num_labels())}, label2id=None)
     overrides = config.get("model_overrides")
-    changes.update(overrides.to_dict() if overrides is not None else {})
+    # Unset (None) placeholders leave the checkpoint's value.
+    changes.update({k: v for k, v in (overrides.to_dict() if overrides is not None else {}).items() if v is not None})
     return base.replace(**changes)
 
 
