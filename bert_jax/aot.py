@@ -146,6 +146,10 @@ def target_devices(target: Target, gpu_target_config: str = "") -> list:
         except (NotImplementedError, RuntimeError) as e:
             if isinstance(e, TargetUnavailable):
                 raise
+            if "GpuTargetConfigProto" in str(e):
+                raise TargetUnavailable(f"this jaxlib cannot parse the GPU target config ({e}); a config written "
+                                        "by a newer XLA has fields this one lacks: drop the fields its log names "
+                                        "(configs/gpu_targets/h200.txtpb is one trimmed for jaxlib 0.10.2)") from e
             raise TargetUnavailable(f"compiling for {target.name} needs the CUDA PJRT plugin, which is not "
                                     f"installed here (pip install 'jax[cuda13]'): {e}") from e
     if len(devices) != target.num_devices:
