@@ -307,6 +307,9 @@ def estimates(info: Dict[str, Any], stats: Dict[str, float], peak_tflops: Option
     seconds = stats.get("estimated_step_seconds")
     if not seconds:
         return {}
+    if stats.get("xla_flops_per_device", 0.0) < 0.5 * info["model_flops_per_device"]:
+        # XLA's cost analysis counts a while loop's body once (scan_layers): no step time to report.
+        return {"estimate_note": "not a step time: the cost model counts the scanned layer loop once"}
     out = {"estimated_tokens_per_second": info["global_batch_size"] * info["seq_len"] / seconds}
     if peak_tflops is None:
         from bert_jax.benchmark import peak_tflops as table
@@ -345,7 +348,9 @@ def format_report(target: Target, info: Dict[str, Any], stats: Dict[str, float],
         lines.append(f"  {'XLA flops per step':<30}{stats['xla_flops_per_device'] / 1e12:10.4f} TFLOP "
                      f"(model: {info['model_flops_per_device'] / 1e12:.4f}: 6N + attention + MLM head)")
     est = estimates(info, stats)
-    if est:
+    if "estimate_note" in est:
+        lines.append(f"compiler estimate: none ({est['estimate_note']})")
+    elif est:
         lines.append("compiler estimate (XLA cost model, optimal_seconds; not a measurement):")
         lines.append(f"  {'step time':<30}{stats['estimated_step_seconds'] * 1e3:10.3f} ms")
         lines.append(f"  {'tokens/s (whole mesh)':<30}{est['estimated_tokens_per_second']:10.0f}")
