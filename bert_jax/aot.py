@@ -10,7 +10,9 @@ Builds the trainer's model, optimizer, state shardings and train step (`bert_jax
 abstract values (`jax.ShapeDtypeStruct` with shardings: nothing is allocated), lowers and compiles
 it for the topology's devices and prints per-device memory (`compiled.memory_analysis()`: arguments,
 outputs, temps, generated code) and FLOPs (`compiled.cost_analysis()`, per device) next to the
-analytic model FLOPs and the state bytes the shardings imply.
+analytic model FLOPs and the state bytes the shardings imply. Where the compiler has a cost model
+(TPU: `cost_analysis()['optimal_seconds']`) it also prints that step time and the tokens/s and MFU
+it implies, labelled as a compiler estimate (XLA's cost model: optimistic, not a measurement).
 
 Topologies: TPU slices by their Cloud name (v4-8 ... v4-4096, v5p-8 ..., v5e-1 ... v5e-256,
 v6e-1 ... v6e-256; `jax.experimental.topologies`, needs libtpu, i.e. `pip install 'jax[tpu]'`);
@@ -109,9 +111,9 @@ def _gpu_target_config(path: str) -> str:
         with open(path) as f:
             return f.read()
     import jax
-    # jax has no public getter for an attached GPU's target config (jax.experimental.topologies builds
-    # topologies from one but does not expose it); this is the one private call in bert_jax.
-    from jax._src.lib import xla_client
+    # jax has no getter for an attached GPU's target config (jax.experimental.topologies builds
+    # topologies from one but does not expose it); jaxlib's client module has it.
+    from jaxlib import xla_client
     try:
         gpus = jax.devices("gpu")
     except RuntimeError as e:
@@ -145,6 +147,10 @@ def target_devices(target: Target, gpu_target_config: str = "") -> list:
         except (NotImplementedError, RuntimeError) as e:
             if isinstance(e, TargetUnavailable):
                 raise
+            if "GpuTargetConfigProto" in str(e):
+                raise TargetUnavailable(f"this jaxlib cannot parse the GPU target config ({e}); a config written "
+                                        "by a newer XLA has fields this one lacks: drop the fields its log names "
+                                        "(configs/gpu_targets/h200.txtpb is one trimmed for jaxlib 0.10.2)") from e
             raise TargetUnavailable(f"compiling for {target.name} needs the CUDA PJRT plugin, which is not "
                                     f"installed here (pip install 'jax[cuda13]'): {e}") from e
     if len(devices) != target.num_devices:
@@ -269,6 +275,27 @@ def analyse(compiled) -> Dict[str, float]:
     if cost:
         out["xla_flops_per_device"] = float(cost.get("flops", 0.0))
         out["xla_bytes_accessed_per_device"] = float(cost.get("bytes accessed", 0.0))
+        if cost.get("optimal_seconds", 0.0) > 0:  # XLA's cost-model step time (TPU; absent on CPU)
+            out["estimated_step_seconds"] = float(cost["optimal_seconds"])
+    return out
+
+
+def estimates(info: Dict[str, Any], stats: Dict[str, float], peak_tflops: Optional[float] = None) -> Dict[str, float]:
+    """What the compiler's cost-model step time implies: tokens/s for the whole mesh and MFU (model
+    FLOPs per device / (step time x peak)). Compiler ESTIMATES, not measurements; empty without one."""
+    seconds = stats.get("estimated_step_seconds")
+    if not seconds:
+        return {}
+    if stats.get("xla_flops_per_device", 0.0) < 0.5 * info["model_flops_per_device"]:
+        # XLA's cost analysis counts a while loop's body once (scan_layers): no step time to report.
+        return {"estimate_note": "not a step time: the cost model counts the scanned layer loop once"}
+    out = {"estimated_tokens_per_second": info["global_batch_size"] * info["seq_len"] / seconds}
+    if peak_tflops is None:
+        from bert_jax.benchmark import peak_tflops as table
+        peak_tflops = table(info.get("device_kind", "")) if info.get("platform") != "cpu" else None
+    if peak_tflops:
+        out["peak_tflops_per_device"] = peak_tflops
+        out["estimated_mfu"] = info["model_flops_per_device"] / (seconds * peak_tflops * 1e12)
     return out
 
 
@@ -299,6 +326,16 @@ def format_report(target: Target, info: Dict[str, Any], stats: Dict[str, float],
     if "xla_flops_per_device" in stats:
         lines.append(f"  {'XLA flops per step':<30}{stats['xla_flops_per_device'] / 1e12:10.4f} TFLOP "
                      f"(model: {info['model_flops_per_device'] / 1e12:.4f}: 6N + attention + MLM head)")
+    est = estimates(info, stats)
+    if "estimate_note" in est:
+        lines.append(f"compiler estimate: none ({est['estimate_note']})")
+    elif est:
+        lines.append("compiler estimate (XLA cost model, optimal_seconds; not a measurement):")
+        lines.append(f"  {'step time':<30}{stats['estimated_step_seconds'] * 1e3:10.3f} ms")
+        lines.append(f"  {'tokens/s (whole mesh)':<30}{est['estimated_tokens_per_second']:10.0f}")
+        if "estimated_mfu" in est:
+            lines.append(f"  {'MFU implied':<30}{100 * est['estimated_mfu']:10.1f} % "
+                         f"(of {est['peak_tflops_per_device']:g} TFLOP/s bf16 peak per device)")
     return "\n".join(lines)
 
 
@@ -349,7 +386,7 @@ def main(argv):
     if FLAGS.json_out:
         with open(FLAGS.json_out, "w") as f:
             json.dump({"topology": target.name, "target_platform": target.platform, "fallback": bool(note),
-                       **info, **stats}, f, indent=1, sort_keys=True)
+                       **info, **stats, **estimates(info, stats)}, f, indent=1, sort_keys=True)
     return 0
 
 

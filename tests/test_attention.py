@@ -117,3 +117,44 @@ def test_cudnn_matches_xla_on_gpu(setup):
     ref = _run(config, params, "xla", "bfloat16", input_ids=ids, attention_mask=mask)
     out = _run(config, params, "cudnn", "bfloat16", input_ids=ids, attention_mask=mask)
     np.testing.assert_allclose(out, ref, atol=2e-2, rtol=2e-2)
+
+
+def test_auto_selects_by_platform_dtype_and_shape(monkeypatch):
+    """`auto`: cuDNN on GPU only for fp16/bf16 and head dims it takes (multiples of 8 up to 128);
+    fp32 or an odd head dim falls back to `xla`. Pallas flash on TPU; `xla` on CPU."""
+    call = lambda **k: AttentionCall(q_len=128, k_len=128, **k)
+    monkeypatch.setattr(attention, "target_platform", lambda: "gpu")
+    assert select_kernel("auto", call(dtype="bfloat16", head_dim=64)) is attention.KERNELS["cudnn"]
+    assert select_kernel("auto", call(dtype="float16", head_dim=128)) is attention.KERNELS["cudnn"]
+    assert select_kernel("auto", call(dtype="float32", head_dim=64)) is attention.xla_attention
+    assert select_kernel("auto", call(dtype="bfloat16", head_dim=60)) is attention.xla_attention
+    assert select_kernel("auto", call(dtype="bfloat16", head_dim=160)) is attention.xla_attention
+    assert select_kernel("auto", call(dtype="bfloat16", head_dim=64, dropout=True)) is attention.xla_attention
+    assert select_kernel("cudnn", call(dtype="float32", head_dim=64)) is attention.xla_attention  # logged fallback
+    monkeypatch.setattr(attention, "target_platform", lambda: "tpu")
+    assert select_kernel("auto", call(dtype="float32", head_dim=64)) is attention.KERNELS["pallas_tpu"]
+    assert select_kernel("auto", AttentionCall(q_len=100, k_len=100)) is attention.xla_attention
+    monkeypatch.setattr(attention, "target_platform", lambda: "cpu")
+    assert select_kernel("auto", call(dtype="bfloat16", head_dim=64)) is attention.xla_attention
+
+
+def test_target_platform_follows_the_mesh():
+    """An ahead-of-time compile sets a mesh of the target's devices; the kernel choice follows it."""
+    from jax.sharding import AxisType
+    assert attention.target_platform() == jax.default_backend()
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",), axis_types=(AxisType.Auto,))
+    with jax.set_mesh(mesh):
+        assert attention.target_platform() == "cpu"
+
+
+def test_pallas_tpu_gradients_match_xla(setup):
+    """The interpreted TPU kernel's backward (traced under interpret mode too) equals `xla`'s."""
+    config, params, ids, mask = setup
+
+    def loss(impl):
+        model = bert_jax.BertModel(config.replace(attention_impl=impl))
+        valid = mask[..., None].astype(jnp.float32)  # outputs at padding positions are not compared
+        return lambda p: jnp.sum((model.apply({"params": p}, ids, mask).last_hidden_state * valid) ** 2)
+    ref = jax.jit(jax.grad(loss("xla")))(params)
+    out = jax.jit(jax.grad(loss("pallas_tpu")))(params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-4, rtol=1e-4), ref, out)

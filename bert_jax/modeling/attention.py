@@ -17,9 +17,11 @@ import functools
 import logging
 from typing import Callable, Dict, Optional, Tuple
 
+import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from bert_jax.modeling import flash
 
@@ -56,6 +58,8 @@ class AttentionCall:
     dense_mask_only: bool = False  # a mask exists but not as segment ids
     q_len: int = 0
     k_len: int = 0
+    dtype: str = ""  # query/key/value dtype name ("" = unknown: no dtype constraint applied)
+    head_dim: int = 0  # 0 = unknown
 
 
 def xla_attention(query: Array, key: Array, value: Array, *, mask: Optional[Array] = None,
@@ -105,6 +109,10 @@ def dot_product_attention(query: Array, key: Array, value: Array, *, mask: Optio
     del unused
     if mask is not None and mask.shape[1] == 1:
         mask = jnp.broadcast_to(mask, mask.shape[:1] + (query.shape[2],) + mask.shape[2:])
+    if mask is not None and implementation == "cudnn" and mask.shape[2] == 1:
+        # cuDNN takes the mask as a bias with the full [.., Q, K] extent (a [B, N, 1, K] padding mask
+        # fails its layout check: "Bias must have same seq length as QKV").
+        mask = jnp.broadcast_to(mask, mask.shape[:2] + (query.shape[1], mask.shape[3]))
     out = jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask, scale=scale,
                                        implementation=implementation)
     return out, None
@@ -112,6 +120,63 @@ def dot_product_attention(query: Array, key: Array, value: Array, *, mask: Optio
 
 def _block(length: int, preferred: int = 128) -> int:
     return min(preferred, length)
+
+
+def target_platform() -> str:
+    """The platform the current trace is compiled for: the current mesh's devices' (`jax.set_mesh`,
+    as `bert_jax.sharding.activation_context` sets it: an ahead-of-time compile for TPU or GPU from
+    a CPU host) where a mesh is set, else `jax.default_backend()`. CUDA/ROCm read as 'gpu'."""
+    mesh = jax.sharding.get_abstract_mesh()
+    platform = None if mesh.empty else getattr(getattr(mesh, "abstract_device", None), "platform", None)
+    platform = platform or jax.default_backend()
+    return "gpu" if platform in ("cuda", "rocm") else platform
+
+
+# Logical names of the kernels' [B, L, N, D] operands (as the encoder constrains them). Only batch and
+# heads may be split across devices: each kernel call needs whole sequences and whole head dims.
+_KERNEL_AXES = ("batch", None, "heads", None)
+
+
+def _mesh_axes(mesh, logical: Optional[str], size: int):
+    """Mesh axes that `logical` maps to under the current flax rules (bert_jax.sharding.DEFAULT_RULES
+    where none are set), restricted to the mesh's non-manual axes and to a prefix whose product
+    divides `size` (as sharding.fit_spec does for params)."""
+    if logical is None:
+        return None
+    rules = nn.get_logical_axis_rules()
+    if not rules:
+        from bert_jax.sharding import DEFAULT_RULES
+        rules = DEFAULT_RULES
+    axes = nn.logical_to_mesh_axes((logical,), rules)[0]
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    manual = set(getattr(mesh, "manual_axes", ()))
+    kept, product = [], 1
+    for axis in axes:
+        if axis not in mesh.shape or axis in manual:
+            continue
+        if size % (product * mesh.shape[axis]):
+            break
+        kept.append(axis)
+        product *= mesh.shape[axis]
+    return None if not kept else kept[0] if len(kept) == 1 else tuple(kept)
+
+
+def shard_map_kernel(kernel: Callable[..., Array], query: Array, key: Array, value: Array,
+                     *segment_ids: Array) -> Array:
+    """Runs `kernel(query, key, value, *segment_ids) -> [B, Q, N, D]` under `jax.shard_map` over the
+    mesh axes that shard batch and heads (the MaxText splash/flash wrapper). Pallas (Mosaic/Triton)
+    kernels cannot be partitioned by XLA: on a mesh each device runs the kernel on its own batch and
+    head shard. The specs follow the logical rules, so the operands arrive already laid out as the
+    encoder's `with_logical_constraint`s put them (no resharding at the boundary). Without a mesh
+    (or on one device) the kernel is called directly. Segment ids are [B, L] each."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return kernel(query, key, value, *segment_ids)
+    batch = _mesh_axes(mesh, _KERNEL_AXES[0], query.shape[0])
+    heads = _mesh_axes(mesh, _KERNEL_AXES[2], query.shape[2])
+    qkv, seg = P(batch, None, heads, None), P(batch, None)
+    return jax.shard_map(kernel, mesh=mesh, in_specs=(qkv, qkv, qkv) + (seg,) * len(segment_ids),
+                         out_specs=qkv, check_vma=False)(query, key, value, *segment_ids)
 
 
 def pallas_gpu_attention(query: Array, key: Array, value: Array, *, segment_ids=None, causal: bool = False,
@@ -125,10 +190,34 @@ def pallas_gpu_attention(query: Array, key: Array, value: Array, *, segment_ids=
     bq, bk = _block(q_len), _block(k_len)
     blocks = gpu_attention.BlockSizes(block_q=bq, block_k=bk, block_q_dkv=bq, block_kv_dkv=bk, block_q_dq=bq,
                                       block_kv_dq=bk)
-    segments = None if segment_ids is None else segment_ids[1].astype(jnp.int32)
-    out = gpu_attention.mha(query, key, value, segments, sm_scale=scale, causal=causal, block_sizes=blocks,
-                            interpret=jax.default_backend() != "gpu")
-    return out, None
+    interpret = target_platform() != "gpu"
+    run = lambda q, k, v, *seg: gpu_attention.mha(q, k, v, seg[0] if seg else None, sm_scale=scale, causal=causal,
+                                                  block_sizes=blocks, interpret=interpret)
+    segments = () if segment_ids is None else (segment_ids[1].astype(jnp.int32),)
+    return shard_map_kernel(run, query, key, value, *segments), None
+
+
+def _under_tpu_interpret(kernel: Callable[..., Array], interpret_mode) -> Callable[..., Array]:
+    """`kernel(q, k, v, *int_segment_ids)` with its forward AND backward traced under `interpret_mode()`
+    (the library kernel's custom VJP traces its backward only when differentiated, i.e. outside a
+    `with` around the forward call, where it would ask for a real TPU)."""
+    @jax.custom_vjp
+    def run(q, k, v, *seg):
+        with interpret_mode():
+            return kernel(q, k, v, *seg)
+
+    def fwd(q, k, v, *seg):
+        with interpret_mode():
+            out, pullback = jax.vjp(lambda q, k, v: kernel(q, k, v, *seg), q, k, v)
+        return out, (pullback, tuple(jnp.zeros(x.shape, jax.dtypes.float0) for x in seg))
+
+    def bwd(residuals, grad):
+        pullback, seg_zeros = residuals
+        with interpret_mode():
+            return tuple(pullback(grad)) + seg_zeros
+
+    run.defvjp(fwd, bwd)
+    return run
 
 
 def pallas_tpu_attention(query: Array, key: Array, value: Array, *, segment_ids=None, causal: bool = False,
@@ -146,19 +235,19 @@ def pallas_tpu_attention(query: Array, key: Array, value: Array, *, segment_ids=
     blocks = tpu_flash.BlockSizes(block_q=bq, block_k_major=bk, block_k=bk, block_b=1, block_q_major_dkv=bq,
                                   block_k_major_dkv=bk, block_k_dkv=bk, block_q_dkv=bq, block_k_major_dq=bk,
                                   block_k_dq=bk, block_q_dq=bq)
-    segments = None
-    if segment_ids is not None:
-        segments = tpu_flash.SegmentIds(q=segment_ids[0].astype(jnp.int32), kv=segment_ids[1].astype(jnp.int32))
-    to_heads_major = lambda x: jnp.swapaxes(x, 1, 2)  # [B, L, N, D] -> [B, N, L, D]
-    run = functools.partial(tpu_flash.flash_attention, to_heads_major(query), to_heads_major(key),
-                            to_heads_major(value), segment_ids=segments, causal=causal, sm_scale=scale,
-                            block_sizes=blocks)
-    if jax.default_backend() == "tpu":
-        out = run()
-    else:
-        with pltpu.force_tpu_interpret_mode():
-            out = run()
-    return jnp.swapaxes(out, 1, 2), None
+    interpret = target_platform() != "tpu"
+
+    def run(q, k, v, *seg):
+        to_heads_major = lambda x: jnp.swapaxes(x, 1, 2)  # [B, L, N, D] <-> [B, N, L, D]
+        segments = tpu_flash.SegmentIds(q=seg[0], kv=seg[1]) if seg else None
+        out = tpu_flash.flash_attention(to_heads_major(q), to_heads_major(k), to_heads_major(v), segment_ids=segments,
+                                        causal=causal, sm_scale=scale, block_sizes=blocks)
+        return to_heads_major(out)
+
+    if interpret:
+        run = _under_tpu_interpret(run, pltpu.force_tpu_interpret_mode)
+    segments = () if segment_ids is None else tuple(s.astype(jnp.int32) for s in segment_ids)
+    return shard_map_kernel(run, query, key, value, *segments), None
 
 
 KERNELS: Dict[str, Callable[..., Tuple[Array, Optional[Array]]]] = {
@@ -186,7 +275,18 @@ _UNSUPPORTED = {
 _NATIVE_BACKEND = {"cudnn": "gpu", "pallas_gpu": "gpu", "pallas_tpu": "tpu"}
 
 
+# What `auto` tries on each platform, first to last; the first kernel with no blockers serves the call,
+# else `xla`. (Extend a tuple to add a kernel, e.g. a fused kernel with attention dropout.)
+AUTO_CANDIDATES: Dict[str, Tuple[str, ...]] = {"gpu": ("cudnn",), "tpu": ("pallas_tpu",)}
+# cuDNN's fused attention (jax.nn.dot_product_attention(implementation="cudnn")): half precision only
+# (fp8 needs its own scaling arguments), head dims that are multiples of 8 up to 128 (256 on Hopper and
+# later; 128 holds everywhere, and an ahead-of-time compile cannot ask the GPU).
+_CUDNN_DTYPES = ("float16", "bfloat16")
+_CUDNN_MAX_HEAD_DIM = 128
+
+
 def _blockers(name: str, call: AttentionCall) -> list:
+    """Why kernel `name` cannot serve `call` (empty when it can)."""
     found = [f for f in _UNSUPPORTED.get(name, ()) if getattr(call, f)]
     if name.startswith("pallas"):
         for length in (call.q_len, call.k_len):
@@ -196,6 +296,11 @@ def _blockers(name: str, call: AttentionCall) -> list:
                 found.append(f"length {length} not a multiple of the block size {block}")
         if name == "pallas_gpu" and call.q_len != call.k_len:
             found.append("query and key lengths differ (cross-attention)")
+    if name == "cudnn":
+        if call.dtype and call.dtype not in _CUDNN_DTYPES:
+            found.append(f"dtype {call.dtype} (cuDNN fused attention takes {'/'.join(_CUDNN_DTYPES)})")
+        if call.head_dim and (call.head_dim % 8 or call.head_dim > _CUDNN_MAX_HEAD_DIM):
+            found.append(f"head dim {call.head_dim} (cuDNN takes multiples of 8 up to {_CUDNN_MAX_HEAD_DIM})")
     return found
 
 
@@ -207,15 +312,19 @@ def _log_fallback_once(requested: str, reason: str) -> None:
 def select_kernel(requested: str, call: AttentionCall) -> Callable[..., Tuple[Array, Optional[Array]]]:
     """Returns the kernel for `requested` (a config name) and this call's needs.
 
-    `auto` picks cuDNN on GPU, Pallas flash on TPU and `xla` on CPU, falling back to `xla`
-    silently where the call needs what the kernel cannot do. A kernel asked for by name falls back
-    with a one-time warning; cuDNN off-GPU raises (it cannot run at all there), while Pallas
-    kernels run interpreted off their backend (slow, meant for tests) with a one-time warning.
+    `auto` tries `AUTO_CANDIDATES` of the platform the trace compiles for (`target_platform`: the
+    mesh's devices, so an ahead-of-time compile for TPU from a CPU host picks the TPU kernel): cuDNN
+    on GPU for half precision and head dims it takes, Pallas flash on TPU, and `xla` on CPU or
+    wherever the call needs what no candidate can do (silently). A kernel asked for by name falls
+    back to `xla` with a one-time warning; cuDNN off-GPU raises (it cannot run at all there), while
+    Pallas kernels run interpreted off their backend (slow, meant for tests) with a one-time warning.
     """
-    backend = jax.default_backend()
+    platform = target_platform()
     if requested == "auto":
-        requested = {"gpu": "cudnn", "tpu": "pallas_tpu"}.get(backend, "xla")
-        return xla_attention if _blockers(requested, call) else KERNELS[requested]
+        for name in AUTO_CANDIDATES.get(platform, ()):
+            if not _blockers(name, call):
+                return KERNELS[name]
+        return xla_attention
     if requested not in KERNELS:
         raise NotImplementedError(f"attention_impl={requested!r} is not available; "
                                   f"available: {sorted(KERNELS) + ['auto']}")
@@ -224,10 +333,10 @@ def select_kernel(requested: str, call: AttentionCall) -> Callable[..., Tuple[Ar
         _log_fallback_once(requested, ", ".join(blockers))
         return xla_attention
     native = _NATIVE_BACKEND.get(requested)
-    if native and backend != native:
+    if native and platform != native:
         if requested == "cudnn":
-            raise ValueError(f"attention_impl='cudnn' needs a GPU backend; this process runs on {backend!r}")
-        _log_interpret_once(requested, backend)
+            raise ValueError(f"attention_impl='cudnn' needs a GPU backend; this process runs on {platform!r}")
+        _log_interpret_once(requested, platform)
     return KERNELS[requested]
 
 

@@ -10,6 +10,18 @@ from bert_jax.config import BertConfig
 from bert_jax.modeling.common import layer_norm, weight_init
 
 
+def _lookup(embed: nn.Embed, ids: jax.Array, table_axes, out_axes) -> jax.Array:
+    """`embed(ids)` with the sharding of both sides stated: the table gathered to `table_axes` (FSDP's
+    weight all-gather: its "embed" dim whole on every device) and the rows laid out as `out_axes`.
+
+    Left to propagation, SPMD meets the table's embed dim on fsdp and the ids' batch on (data, fsdp)
+    in one gather and, on meshes with data > 1 and fsdp > 1, replicates the gathered activations
+    ("Involuntary full rematerialization") in the forward and backward pass."""
+    (table,) = nn.dtypes.promote_dtype(embed.embedding, dtype=embed.dtype, inexact=False)
+    table = nn.with_logical_constraint(table, table_axes)
+    return nn.with_logical_constraint(jnp.take(table, ids, axis=0), out_axes)
+
+
 class BertEmbeddings(nn.Module):
     """Param names follow transformers (`word_embeddings`, `position_embeddings`,
     `token_type_embeddings`, `LayerNorm`) so checkpoints map one to one."""
@@ -31,11 +43,14 @@ class BertEmbeddings(nn.Module):
                  inputs_embeds: Optional[jax.Array] = None, deterministic: bool = True) -> jax.Array:
         """ids [B, L] (or `inputs_embeds` [B, L, H]), token types [B, L], positions [B or 1, L] -> [B, L, H]."""
         if inputs_embeds is None:
-            inputs_embeds = self.word_embeddings(input_ids)
+            inputs_embeds = _lookup(self.word_embeddings, input_ids, ("vocab", None), ("batch", "length", "embed"))
         elif self.is_initializing():
             self.word_embeddings(jnp.zeros((1, 1), jnp.int32))  # create the table the MLM decoder ties to
-        x = inputs_embeds.astype(jnp.dtype(self.config.dtype)) + self.token_type_embeddings(token_type_ids)
-        position_embeddings = self.position_embeddings(position_ids)
+        x = inputs_embeds.astype(jnp.dtype(self.config.dtype)) + _lookup(
+            self.token_type_embeddings, token_type_ids, (None, None), ("batch", "length", "embed"))
+        # Positions are [1, L] (shared by the batch) or [B, L].
+        position_embeddings = _lookup(self.position_embeddings, position_ids, (None, None),
+                                      ("batch" if position_ids.shape[0] > 1 else None, "length", "embed"))
         # Relative-position models keep the (unused) absolute table, as the reference does, so their
         # checkpoints load unchanged.
         if self.config.position_embedding_type == "absolute":

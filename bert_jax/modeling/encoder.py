@@ -88,7 +88,7 @@ class BertSelfAttention(nn.Module):
         call = AttentionCall(needs_probs=output_attentions, has_head_mask=head_mask is not None,
                              dropout=dropout_rng is not None, has_bias=bias is not None,
                              dense_mask_only=dense_mask is not None and segment_ids is None,
-                             q_len=q_len, k_len=k_len)
+                             q_len=q_len, k_len=k_len, dtype=jnp.dtype(query.dtype).name, head_dim=head_dim)
         kernel = select_kernel(cfg.attention_impl, call)
         if head_mask is not None:
             head_mask = jnp.asarray(head_mask).reshape(1, heads, 1, 1)
