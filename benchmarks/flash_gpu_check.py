@@ -57,7 +57,7 @@ def main():
             weights = jax.random.normal(jax.random.PRNGKey(1), q.shape, jnp.float32)
 
             kernels = {
-                "flash": lambda q, k, v: flash.flash_kernel(q, k, v, segment_ids=(q_ids, kv_ids), dropout_rate=RATE,
+                "flash": lambda q, k, v: attention.flash_attention(q, k, v, segment_ids=(q_ids, kv_ids), dropout_rate=RATE,
                                                             dropout_rng=rng)[0],
                 "xla_counter": lambda q, k, v: attention.xla_attention(q, k, v, mask=mask, dropout_rate=RATE,
                                                                        dropout_rng=rng, dropout_mask="counter")[0],

@@ -35,10 +35,13 @@ MESHES = [(2, 4, 1), (2, 2, 2), (1, 2, 4)]
 # machine, so it deadlocks there. Its numerics are checked on one device (tests/test_attention.py)
 # and its sharded compile by the TPU compiler (tests/test_tpu_compile.py).
 IMPLS = (sys.argv[2] if len(sys.argv) > 2 else "xla,pallas_gpu,pallas_tpu").split(",")
+# argv[3] = attention dropout rate (default 0). With dropout the reference is `xla_counter`: the unfused
+# step drawing the counter-based mask `flash` draws in-kernel, for the whole (unsharded) call.
+ATTENTION_DROPOUT = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
 TRACE_ONLY = {"pallas_tpu"}
 # 8 heads of 8 so tensor=4 splits heads; 128 positions: the TPU kernel's block.
 CONFIG = {**TINY, "vocab_size": 96, "hidden_size": 64, "num_attention_heads": 8, "intermediate_size": 64,
-          "max_position_embeddings": 128, "attention_probs_dropout_prob": 0.0}
+          "max_position_embeddings": 128, "attention_probs_dropout_prob": ATTENTION_DROPOUT}
 BATCH, SEQ = 8, 128
 
 

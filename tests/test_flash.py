@@ -181,7 +181,7 @@ def test_shard_offsets_reproduce_the_unsharded_mask():
 # ------------------------------------------------------------------------------------ registration
 
 def test_kernel_selection():
-    assert select_kernel("flash", AttentionCall(dropout=True, q_len=128, k_len=128)) is flash.flash_kernel
+    assert select_kernel("flash", AttentionCall(dropout=True, q_len=128, k_len=128)) is attention.flash_attention
     assert select_kernel("flash", AttentionCall(dropout=True, needs_probs=True)) is attention.xla_attention
     # pallas_tpu no longer falls back for dropout: its kernel hands dropout calls to flash
     assert select_kernel("pallas_tpu", AttentionCall(dropout=True, q_len=128, k_len=128)) \
@@ -189,7 +189,7 @@ def test_kernel_selection():
     q, k, v, segments = _inputs(128)
     rng = jax.random.PRNGKey(3)
     via_tpu = attention.pallas_tpu_attention(q, k, v, segment_ids=segments, dropout_rate=RATE, dropout_rng=rng)[0]
-    direct = flash.flash_kernel(q, k, v, segment_ids=segments, dropout_rate=RATE, dropout_rng=rng)[0]
+    direct = attention.flash_attention(q, k, v, segment_ids=segments, dropout_rate=RATE, dropout_rng=rng)[0]
     np.testing.assert_array_equal(via_tpu, direct)
 
 

@@ -55,3 +55,25 @@ def test_no_involuntary_rematerialization(worker):
     _, stderr = worker
     lines = [line for line in stderr.splitlines() if "Involuntary full rematerialization" in line]
     assert not lines, "XLA replicated a tensor to reshard it:\n" + "\n".join(lines[:3])
+
+
+@pytest.fixture(scope="module")
+def dropout_worker(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("sharded_dropout"))
+    proc = subprocess.run([sys.executable, WORKER, out, "xla_counter,flash", "0.1"], env=dict(os.environ, PYTHONPATH=ROOT),
+                          capture_output=True, text=True, timeout=1800)
+    if proc.returncode:
+        pytest.fail(f"sharded dropout worker failed:\n{proc.stderr[-6000:]}")
+    with open(os.path.join(out, "results.json")) as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize("mesh", MESHES)
+def test_flash_with_dropout_equals_the_unsharded_mask(dropout_worker, mesh):
+    """Training with attention dropout 0.1 through our flash kernel under shard_map: every shard draws its
+    rows' and heads' part of the whole call's counter-based mask, so loss and gradients equal the unfused
+    `xla_counter` step's (a shard repeating shard 0's mask would differ by O(1e-2))."""
+    ref, out = dropout_worker[mesh]["xla_counter"], dropout_worker[mesh]["flash"]
+    assert out["shard_map"] and not ref["shard_map"]
+    assert abs(out["loss"] - ref["loss"]) < 1e-5 * max(1.0, abs(ref["loss"]))
+    assert out["max_grad_diff_vs_xla"] < 1e-5

@@ -119,11 +119,14 @@ def test_auto_picks_the_fused_kernel_and_it_compiles_on_sharded_meshes(devices, 
     assert compiled["train"].cost_analysis()["flops"] > compiled["eval"].cost_analysis()["flops"]
 
 
-def test_attention_dropout_compiles_with_xla_attention(devices):
-    """With attention dropout (BERT's default 0.1) `auto` falls back to `xla` in training; evaluation
-    (no dropout) still takes the fused kernel."""
-    compiled = compile_steps(devices("v5p-8"), (2, 2, 1), which=("train", "eval"), attention_probs_dropout_prob=0.1)
-    assert MOSAIC not in compiled["train"].as_text()
+@pytest.mark.parametrize("topology,ici", [("v5p-8", (2, 2, 1)), ("v5p-16", (2, 2, 2))])
+def test_attention_dropout_trains_with_the_flash_kernel(devices, topology, ici):
+    """With attention dropout (BERT's default 0.1) `auto` trains through our Pallas flash kernel (in-kernel
+    counter-based dropout, `bert_jax/modeling/flash.py`) under shard_map: forward, dq and dk/dv kernels
+    for each layer in the train step; evaluation (no dropout) takes the library kernel."""
+    compiled = compile_steps(devices(topology), ici, which=("train", "eval"), attention_probs_dropout_prob=0.1)
+    train = compiled["train"].as_text()
+    assert train.count(MOSAIC) >= 3 * CONFIG["num_hidden_layers"], train.count(MOSAIC)
     assert MOSAIC in compiled["eval"].as_text()
 
 

@@ -162,21 +162,35 @@ def _mesh_axes(mesh, logical: Optional[str], size: int):
 
 
 def shard_map_kernel(kernel: Callable[..., Array], query: Array, key: Array, value: Array,
-                     *segment_ids: Array) -> Array:
+                     *segment_ids: Array, replicated: Tuple[Array, ...] = (), with_offsets: bool = False) -> Array:
     """Runs `kernel(query, key, value, *segment_ids) -> [B, Q, N, D]` under `jax.shard_map` over the
     mesh axes that shard batch and heads (the MaxText splash/flash wrapper). Pallas (Mosaic/Triton)
     kernels cannot be partitioned by XLA: on a mesh each device runs the kernel on its own batch and
     head shard. The specs follow the logical rules, so the operands arrive already laid out as the
     encoder's `with_logical_constraint`s put them (no resharding at the boundary). Without a mesh
-    (or on one device) the kernel is called directly. Segment ids are [B, L] each."""
+    (or on one device) the kernel is called directly. Segment ids are [B, L] each; `replicated`
+    operands (e.g. a dropout seed) follow them, whole on every shard. With `with_offsets` the kernel
+    also gets `offsets=(first batch row, first head)` of its shard, so a kernel that draws randomness
+    from global indices (flash's counter-based dropout) gives every shard its part of the unsharded
+    call's mask instead of repeating shard 0's."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1:
-        return kernel(query, key, value, *segment_ids)
+        return kernel(query, key, value, *segment_ids, *replicated, **({"offsets": (0, 0)} if with_offsets else {}))
     batch = _mesh_axes(mesh, _KERNEL_AXES[0], query.shape[0])
     heads = _mesh_axes(mesh, _KERNEL_AXES[2], query.shape[2])
     qkv, seg = P(batch, None, heads, None), P(batch, None)
-    return jax.shard_map(kernel, mesh=mesh, in_specs=(qkv, qkv, qkv) + (seg,) * len(segment_ids),
-                         out_specs=qkv, check_vma=False)(query, key, value, *segment_ids)
+
+    def per_shard(q, k, v, *rest):
+        kwargs = {}
+        if with_offsets:
+            # axis_index over a tuple of axes is the shard's row-major position, as P((a, b)) lays it out.
+            first = lambda axes, size: 0 if axes is None else jax.lax.axis_index(axes) * size
+            kwargs["offsets"] = (first(batch, q.shape[0]), first(heads, q.shape[2]))
+        return kernel(q, k, v, *rest, **kwargs)
+
+    return jax.shard_map(per_shard, mesh=mesh,
+                         in_specs=(qkv, qkv, qkv) + (seg,) * len(segment_ids) + (P(),) * len(replicated),
+                         out_specs=qkv, check_vma=False)(query, key, value, *segment_ids, *replicated)
 
 
 def pallas_gpu_attention(query: Array, key: Array, value: Array, *, segment_ids=None, causal: bool = False,
@@ -220,13 +234,35 @@ def _under_tpu_interpret(kernel: Callable[..., Array], interpret_mode) -> Callab
     return run
 
 
+def flash_attention(query: Array, key: Array, value: Array, *, segment_ids=None, causal: bool = False,
+                    scale: Optional[float] = None, dropout_rate: float = 0.0, dropout_rng: Optional[Array] = None,
+                    **unused) -> Tuple[Array, None]:
+    """Our Pallas flash attention (`flash.py`: TPU/Mosaic, GPU/Triton, interpreted elsewhere) with
+    in-kernel counter-based attention dropout, under `shard_map_kernel` on a mesh: each shard draws its
+    rows' and heads' part of the mask `xla_attention(dropout_mask="counter")` draws for the whole call."""
+    del unused
+    backend = target_platform()
+    backend = backend if backend in ("tpu", "gpu") else "interpret"
+    dropout = dropout_rng is not None and dropout_rate > 0.0
+    seeds = (flash.dropout_seed(dropout_rng),) if dropout else ()
+    segments = () if segment_ids is None else tuple(s.astype(jnp.int32) for s in segment_ids)
+
+    def run(q, k, v, *rest, offsets):
+        seg, seed = rest[:len(segments)], (rest[len(segments)] if dropout else None)
+        return flash.flash_attention(q, k, v, segment_ids=tuple(seg) or None, causal=causal, scale=scale,
+                                     dropout_rate=dropout_rate if dropout else 0.0, dropout_seed=seed,
+                                     dropout_offsets=offsets, backend=backend)
+
+    return shard_map_kernel(run, query, key, value, *segments, replicated=seeds, with_offsets=True), None
+
+
 def pallas_tpu_attention(query: Array, key: Array, value: Array, *, segment_ids=None, causal: bool = False,
                          scale: Optional[float] = None, **unused) -> Tuple[Array, None]:
     """Pallas TPU flash attention (`jax.experimental.pallas.ops.tpu.flash_attention`); interpreted
-    off-TPU. Takes separate query and key segment ids."""
+    off-TPU. Takes separate query and key segment ids. The library kernel has no dropout: calls with
+    attention dropout (training) go to our `flash_attention`, which draws it in-kernel."""
     if unused.get("dropout_rng") is not None and unused.get("dropout_rate", 0.0) > 0.0:
-        # The library kernel has no dropout; ours draws it in-kernel (training on TPU).
-        return flash.flash_kernel(query, key, value, segment_ids=segment_ids, causal=causal, scale=scale, **unused)
+        return flash_attention(query, key, value, segment_ids=segment_ids, causal=causal, scale=scale, **unused)
     del unused
     from jax.experimental.pallas import tpu as pltpu
     from jax.experimental.pallas.ops.tpu import flash_attention as tpu_flash
@@ -257,7 +293,7 @@ KERNELS: Dict[str, Callable[..., Tuple[Array, Optional[Array]]]] = {
     "pallas_gpu": pallas_gpu_attention,
     "pallas_tpu": pallas_tpu_attention,
     # Our Pallas flash attention (TPU, GPU, interpret elsewhere) with in-kernel counter-based dropout.
-    "flash": flash.flash_kernel,
+    "flash": flash_attention,
     # The reference drawing flash's dropout mask: the same training step as `flash`, unfused.
     "xla_counter": functools.partial(xla_attention, dropout_mask="counter"),
 }

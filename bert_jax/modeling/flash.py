@@ -468,16 +468,3 @@ def flash_attention(query: Array, key: Array, value: Array, *, segment_ids: Opti
                         jnp.broadcast_to(q_ids[:, :, None], (B, q_pad, _LANES)),
                         jnp.broadcast_to(kv_ids[:, None, :], (B, _SUBLANES, k_pad)), seed)
     return jnp.swapaxes(out[:, :, :Q], 1, 2)
-
-
-def flash_kernel(query: Array, key: Array, value: Array, *, segment_ids=None, causal: bool = False,
-                 scale: Optional[float] = None, dropout_rate: float = 0.0, dropout_rng: Optional[Array] = None,
-                 dropout_offsets: Tuple = (0, 0), **unused) -> Tuple[Array, None]:
-    """The `attention_impl="flash"` kernel (signature of `bert_jax.modeling.attention.KERNELS`):
-    query [B, Q, N, D], key/value [B, K, N, D] -> (context [B, Q, N, D], None). Dropout is drawn
-    from `dropout_rng` through `dropout_seed`, as `xla_attention(dropout_mask="counter")` does;
-    a shard_map wrapper passes `dropout_offsets` (see `flash_attention`)."""
-    del unused
-    seed = dropout_seed(dropout_rng) if dropout_rng is not None and dropout_rate > 0.0 else None
-    return flash_attention(query, key, value, segment_ids=segment_ids, causal=causal, scale=scale,
-                           dropout_rate=dropout_rate, dropout_seed=seed, dropout_offsets=dropout_offsets), None
