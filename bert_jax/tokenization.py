@@ -69,8 +69,11 @@ def _load_from_url(cls, url) -> "BertTokenizer":
 
 def load_vocab(vocab_path) -> dict[str, int]:
     """Reads a one-token-per-line vocab.txt exactly like transformers' `load_vocab` (line i -> id i)."""
-    with open(vocab_path, encoding="utf-8") as f:
-        return {line.rstrip("\n"): i for i, line in enumerate(f.readlines())}
+    try:
+        with open(vocab_path, encoding="utf-8") as f:
+            return {line.rstrip("\n"): i for i, line in enumerate(f.readlines())}
+    except UnicodeDecodeError as e:
+        raise ValueError(f"vocab file {os.fspath(vocab_path)} is not UTF-8 text ({e.reason})") from None
 
 
 def _bert_normalizer(lowercase: bool, strip_accents: bool | None, tokenize_chinese_chars: bool):
@@ -151,6 +154,9 @@ class BertTokenizer:
                 config = json.loads(config_path.read_text(encoding="utf-8"))
             except json.JSONDecodeError as e:
                 raise ValueError(f"{config_path} is not valid JSON: {e}") from None
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{config_path} is not UTF-8 text ({e.reason})") from None
+            _check_tokenizer_config(config, config_path)
         model_max_length = config.get("model_max_length", DEFAULT_MODEL_MAX_LENGTH)
         tokenizer_path, vocab_path = directory / "tokenizer.json", directory / "vocab.txt"
         if tokenizer_path.is_file():
@@ -364,6 +370,22 @@ class BertTokenizer:
         return self._backend.decode(ids.reshape(-1).tolist(), skip_special_tokens=skip_special_tokens)
 
 
+def _check_tokenizer_config(config, path) -> None:
+    """ValueError naming the file and key of a tokenizer_config.json value of the wrong type."""
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(config).__name__}")
+    for key, allowed, what in (("do_lower_case", (bool,), "true or false"),
+                               ("tokenize_chinese_chars", (bool,), "true or false"),
+                               ("strip_accents", (bool, type(None)), "true, false or null"),
+                               ("model_max_length", (int, float, type(None)), "a number")):
+        if key in config and (not isinstance(config[key], allowed)
+                              or (key == "model_max_length" and isinstance(config[key], bool))):
+            raise ValueError(f"{path}: {key} must be {what}, got {config[key]!r}")
+    length = config.get("model_max_length")
+    if length is not None and not length >= 1:
+        raise ValueError(f"{path}: model_max_length must be at least 1, got {length!r}")
+
+
 def _stack(rows: list, trailing: tuple = ()):
     """[batch, seq, *trailing] int32 array when all rows are equally long, else a list of per-row arrays."""
     arrays = [np.asarray(r, dtype=np.int32).reshape((len(r),) + trailing) for r in rows]
@@ -425,7 +447,12 @@ def train_wordpiece(files_or_iterator, vocab_size: int, lowercase: bool = True, 
         backend.normalizer = _bert_normalizer(lowercase, strip_accents, tokenize_chinese_chars)
         backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         if files is not None:
-            backend.train(files, trainer)
+            try:
+                backend.train(files, trainer)
+            except Exception as e:  # the backend raises the bare Exception type, naming no file
+                if "UTF-8" not in str(e):
+                    raise
+                raise ValueError(f"training files are not all UTF-8 text: {_non_utf8(files)}") from None
         else:
             backend.train_from_iterator(texts, trainer)
         return backend
@@ -451,6 +478,18 @@ def train_wordpiece(files_or_iterator, vocab_size: int, lowercase: bool = True, 
     return BertTokenizer(_build_backend(backend.get_vocab(), lowercase, strip_accents, tokenize_chinese_chars),
                          do_lower_case=lowercase, strip_accents=strip_accents,
                          tokenize_chinese_chars=tokenize_chinese_chars, model_max_length=model_max_length)
+
+
+def _non_utf8(files) -> list[str]:
+    """The files of `files` that do not decode as UTF-8."""
+    bad = []
+    for path in files:
+        with open(path, "rb") as f:
+            try:
+                f.read().decode("utf-8")
+            except UnicodeDecodeError:
+                bad.append(path)
+    return bad
 
 
 def _char_counts(backend: Tokenizer, files, texts) -> dict[str, int]:

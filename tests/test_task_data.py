@@ -230,7 +230,7 @@ def test_glue_errors(glue_dirs, tmp_path):
     bad.mkdir()
     write_tsv(bad / "train.tsv", ["index", "premise", "hypothesis", "label"], [[0, "a", "b", "entailment"]])
     (bad / "dev.tsv").write_text("")
-    with pytest.raises(ValueError, match=r"no column\(s\) \['sentence1', 'sentence2'\].*found are \['index', "
+    with pytest.raises(ValueError, match=r"no columns 'sentence1', 'sentence2'; .*found are \['index', "
                                          r"'premise', 'hypothesis', 'label'\]"):
         glue("rte", bad).load_split("train")
     with pytest.raises(ValueError, match=r"dev\.tsv is empty"):
@@ -452,7 +452,7 @@ def test_swag_errors(tmp_path):
     (tmp_path / "train.csv").write_text("sent1,sent2,ending0,ending1,label\na,b,c,d,0\n")
     (tmp_path / "val.csv").write_text(SWAG_HEADER + 'v,1,x,a,b,g,c,d,e,f,7\n')
     task = SwagTask(task_config(data_dir=str(tmp_path)))
-    with pytest.raises(ValueError, match=r"no column\(s\) \['ending2', 'ending3'\].*found are \['sent1'"):
+    with pytest.raises(ValueError, match=r"no columns 'ending2', 'ending3'; .*found are \['sent1'"):
         task.load_split("train")
     with pytest.raises(ValueError, match=r"val\.csv, line 2: label '7' is not one of 0\.\.3"):
         task.load_split("validation")
@@ -527,7 +527,7 @@ def test_classify_tsv_pairs_jsonl_regression_and_multi_label(tmp_path, tokenizer
 def test_classify_errors(tmp_path):
     train = tmp_path / "train.csv"
     train.write_text("sentence,label\ngood,pos\nbad,neg\n")
-    with pytest.raises(ValueError, match=r"train\.csv has no column\(s\) \['text'\]; the columns found are "
+    with pytest.raises(ValueError, match=r"train\.csv has no column 'text'; the columns found are "
                                          r"\['sentence', 'label'\]"):
         classify(tmp_path, train_file=str(train)).load_split("train")
     (tmp_path / "dev.csv").write_text("sentence,label\nokay,meh\n")

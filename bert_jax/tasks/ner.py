@@ -60,16 +60,19 @@ def read_conll(path: str) -> List[NerExample]:
             sentences.append(NerExample(list(words), None if tags[0] is None else list(tags)))
         words.clear(), tags.clear()
 
-    with open(path, encoding="utf-8") as f:
-        line_number = 0
-        for line_number, line in enumerate(f, start=1):
-            columns = line.split()
-            if not columns or columns[0] == "-DOCSTART-":
-                flush(line_number)
-                continue
-            words.append(columns[0])
-            tags.append(columns[-1] if len(columns) > 1 else None)
-        flush(line_number)
+    try:
+        with open(path, encoding="utf-8") as f:
+            line_number = 0
+            for line_number, line in enumerate(f, start=1):
+                columns = line.split()
+                if not columns or columns[0] == "-DOCSTART-":
+                    flush(line_number)
+                    continue
+                words.append(columns[0])
+                tags.append(columns[-1] if len(columns) > 1 else None)
+            flush(line_number)
+    except UnicodeDecodeError as e:
+        raise readers.not_utf8(path, e) from None
     if not sentences:
         raise ValueError(f"{path} holds no sentences")
     return sentences
