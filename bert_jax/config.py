@@ -277,8 +277,9 @@ _DTYPE_ALIASES = {"fp32": "float32", "f32": "float32", "bf16": "bfloat16", "fp16
 
 
 def _dtype_name(value: Any, field: str) -> str:
+    if value is None:  # np.dtype(None) would be float64
+        raise ValueError(f"BertConfig.{field} must be one of {DTYPES}, got None")
     try:
-        import numpy as np
         name = value if isinstance(value, str) else np.dtype(value).name
     except TypeError as e:
         raise ValueError(f"BertConfig.{field} must be one of {DTYPES}, got {value!r}") from e

@@ -147,7 +147,8 @@ def load_tf1_checkpoint(path_or_dir: Union[str, os.PathLike], model_class: Model
 
     Missing params (a new head) are initialised from `rng` and logged; tensors the model does not use
     are logged. Missing embedding/encoder-layer tensors raise ValueError unless `allow_missing=True`
-    (see `bert_jax.hf.load_hf_checkpoint`). The vocabulary is the directory's `vocab.txt`: `BertTokenizer.from_vocab(path,
+    (see `bert_jax.hf.load_hf_checkpoint`).
+    The vocabulary is the directory's `vocab.txt`: `BertTokenizer.from_vocab(path,
     lowercase=...)` (lowercase for the `uncased_*` releases).
     """
     prefix, directory = resolve_checkpoint(path_or_dir)

@@ -354,7 +354,7 @@ class BertTokenizer:
         """int -> str or a sequence/array of ids -> list[str]; out-of-range ids raise ValueError."""
         ids = np.asarray(ids).tolist()
         if isinstance(ids, int):
-            token = self._backend.id_to_token(ids)
+            token = self._backend.id_to_token(ids) if ids >= 0 else None
             if token is None:
                 raise ValueError(f"token id {ids} is outside the vocabulary (size {self.vocab_size})")
             return token

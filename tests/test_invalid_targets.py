@@ -5,13 +5,14 @@ out (the loss is that of the valid entries, finite), and `losses.invalid_counts`
 training loop can stop naming the field and the step. QA positions keep transformers' clamping.
 """
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import bert_jax
-from bert_jax.modeling import losses
+from bert_jax.modeling import dummy_inputs, losses
 from tests import cases
 
 B, L, C = cases.BATCH, cases.SEQ, cases.CHOICES
@@ -27,13 +28,21 @@ def models():
                              ("multi", bert_jax.BertForSequenceClassification,
                               {"problem_type": "multi_label_classification"}),
                              ("mlm", bert_jax.BertForMaskedLM, {}), ("pre", bert_jax.BertForPreTraining, {}),
-                             ("mc", bert_jax.BertForMultipleChoice, {}), ("tok", bert_jax.BertForTokenClassification, {}),
+                             ("mc", bert_jax.BertForMultipleChoice, {}),
+                             ("tok", bert_jax.BertForTokenClassification, {}),
                              ("nsp", bert_jax.BertForNextSentencePrediction, {}),
                              ("qa", bert_jax.BertForQuestionAnswering, {"num_labels": 2})]:
         model = cls(bert_jax.BertConfig(**{**cases.TINY, "hidden_dropout_prob": 0.0,
                                            "attention_probs_dropout_prob": 0.0, **extra}))
-        out[name] = (model, bert_jax.init_params(model, jax.random.PRNGKey(0)))
+        out[name] = (model, _random_params(model))
     return out
+
+
+def _random_params(model):
+    """Small random params of the right structure (eval_shape: no initialiser compiled per model)."""
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), **dummy_inputs(model))["params"])
+    r = np.random.RandomState(0)
+    return jax.tree.map(lambda s: jnp.asarray(r.normal(0, 0.02, s.shape).astype(s.dtype)), nn.meta.unbox(shapes))
 
 
 def _inputs(multiple_choice=False):

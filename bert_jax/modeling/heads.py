@@ -100,6 +100,9 @@ def _mask_invalid_positions(labels: Optional[Array], masked_positions: Optional[
     """`labels` [B, P] with IGNORE_INDEX where `masked_positions` [B, P] is outside [0, seq)."""
     if labels is None or masked_positions is None:
         return labels
+    if tuple(labels.shape) != tuple(masked_positions.shape):
+        raise ValueError(f"labels has shape {tuple(labels.shape)}; with masked_positions "
+                         f"{tuple(masked_positions.shape)} the labels are the ids at those positions, of the same shape")
     valid = (masked_positions >= 0) & (masked_positions < seq)
     return jnp.where(valid, labels, losses.IGNORE_INDEX).astype(labels.dtype)
 
@@ -272,6 +275,10 @@ class BertForMultipleChoice(_BertTaskModel):
             raise ValueError(f"BertForMultipleChoice: inputs_embeds must be [batch, num_choices, seq, hidden], got "
                              f"shape {tuple(inputs_embeds.shape)}")
         batch, choices, seq = _input_shape(input_ids, inputs_embeds)
+        if seq == 0:
+            name = "input_ids" if input_ids is not None else "inputs_embeds"
+            raise ValueError(f"BertForMultipleChoice: {name} has sequence length 0; every choice needs at least one "
+                             f"token ([CLS])")
         allowed = {"attention_mask": ((batch, choices, seq), (batch, choices, seq, seq)),
                    "token_type_ids": ((batch, choices, seq),), "position_ids": ((batch, choices, seq), (1, seq))}
         for name, x in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids),

@@ -43,7 +43,13 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int = IGNO
     """
     logits = logits.astype(jnp.float32)
     if not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise TypeError(f"class labels must be integers, got dtype {labels.dtype}")
+        raise TypeError(f"labels must be integer class ids, got dtype {labels.dtype}")
+    if tuple(labels.shape) != tuple(logits.shape[:-1]):
+        raise ValueError(f"labels has shape {tuple(labels.shape)}; expected {tuple(logits.shape[:-1])}, the shape of "
+                         f"the logits {tuple(logits.shape)} without the class axis")
+    if weights is not None and tuple(weights.shape) != tuple(labels.shape):
+        raise ValueError(f"masked_lm_weights has shape {tuple(weights.shape)}; expected that of the labels "
+                         f"{tuple(labels.shape)}")
     # Out-of-range ids are left out like ignored ones (they would index past the classes: NaN, or wrap).
     valid = (labels != ignore_index) & (labels >= 0) & (labels < logits.shape[-1])
     safe_labels = jnp.where(valid, labels, 0)
@@ -106,6 +112,9 @@ def sequence_classification_loss(logits: jax.Array, labels: jax.Array, problem_t
     problem_type = problem_type or infer_problem_type(num_labels, labels)
     logits = logits.astype(jnp.float32)
     if problem_type == "regression":
+        if labels.size != logits.size:
+            raise ValueError(f"labels has shape {tuple(labels.shape)}; regression needs one target per logit, "
+                             f"logits {tuple(logits.shape)}")
         if num_labels == 1:
             logits, labels = jnp.squeeze(logits), jnp.squeeze(labels)
         labels = labels.astype(jnp.float32)
@@ -145,6 +154,12 @@ def question_answering_loss(start_logits: jax.Array, end_logits: jax.Array, star
     away) does not count, and a negative one counts as position 0 ([CLS], "no answer"). They are never
     invalid data (not validated, not counted by `invalid_counts`)."""
     seq_len = start_logits.shape[-1]
+    for name, positions in (("start_positions", start_positions), ("end_positions", end_positions)):
+        if positions.size != start_logits.size // seq_len:
+            raise ValueError(f"{name} has shape {tuple(positions.shape)}; expected one position per row "
+                             f"({start_logits.size // seq_len})")
+        if not jnp.issubdtype(positions.dtype, jnp.integer):
+            raise TypeError(f"{name} must be integers, got dtype {positions.dtype}")
     start = jnp.clip(start_positions.reshape(-1), 0, seq_len)
     end = jnp.clip(end_positions.reshape(-1), 0, seq_len)
     return (cross_entropy(start_logits, start, ignore_index=seq_len)
