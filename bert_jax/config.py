@@ -13,6 +13,7 @@ import logging
 import os
 from typing import Any, Mapping, Optional, Union
 
+import numpy as np
 from flax.core import FrozenDict
 
 logger = logging.getLogger(__name__)
@@ -76,15 +77,15 @@ class BertConfig:
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)
+        self._check_types(set_)
         # Normalise dtype spellings (jnp.float32, np.dtype('bfloat16'), 'bf16') to canonical names.
         for name in ("dtype", "param_dtype"):
             set_(name, _dtype_name(getattr(self, name), name))
         id2label = self.id2label
         if id2label is not None:
-            try:
-                id2label = {int(k): str(v) for k, v in dict(id2label).items()}
-            except (TypeError, ValueError) as e:
-                raise ValueError(f"BertConfig.id2label must map integer ids to label names, got {self.id2label!r}") from e
+            if not isinstance(id2label, Mapping):
+                raise ValueError(f"BertConfig.id2label must map integer ids to label names, got {id2label!r}")
+            id2label = {_int_key("id2label", k): str(v) for k, v in id2label.items()}
             if self.num_labels != len(id2label):
                 if self.num_labels == BertConfig.num_labels:
                     set_("num_labels", len(id2label))  # num_labels left at its default: id2label decides
@@ -93,10 +94,32 @@ class BertConfig:
                         f"BertConfig.num_labels={self.num_labels} disagrees with id2label, which has {len(id2label)} labels")
         else:
             id2label = {i: f"LABEL_{i}" for i in range(self.num_labels)}
+        if self.label2id is not None and not isinstance(self.label2id, Mapping):
+            raise ValueError(f"BertConfig.label2id must map label names to integer ids, got {self.label2id!r}")
         label2id = dict(self.label2id) if self.label2id is not None else {v: k for k, v in id2label.items()}
         set_("id2label", FrozenDict(id2label))
-        set_("label2id", FrozenDict({str(k): int(v) for k, v in label2id.items()}))
+        set_("label2id", FrozenDict({str(k): _int_value("label2id", k, v) for k, v in label2id.items()}))
         self.validate()
+
+    def _check_types(self, set_) -> None:
+        """ValueError naming the field whose value has the wrong type (before anything uses it):
+        booleans must be bools (a JSON "false" string would be truthy), integer fields ints (numpy
+        integers are converted), pad_token_id an int or None."""
+        for name in _BOOL_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, np.bool_):
+                set_(name, value := bool(value))
+            if not isinstance(value, bool):
+                raise ValueError(f"BertConfig.{name} must be true or false, got {value!r} ({type(value).__name__})")
+        for name in _INT_FIELDS:
+            value = getattr(self, name)
+            if value is None and name == "pad_token_id":
+                continue
+            if isinstance(value, np.integer):
+                set_(name, value := int(value))
+            if isinstance(value, bool) or not isinstance(value, int):
+                kind = "an integer or null" if name == "pad_token_id" else "a positive integer"
+                raise ValueError(f"BertConfig.{name} must be {kind}, got {value!r} ({type(value).__name__})")
 
     def validate(self) -> None:
         """Raises ValueError naming the first invalid field."""
@@ -116,7 +139,7 @@ class BertConfig:
                 raise ValueError(f"BertConfig.{name} must be a probability in [0, 1), got {value!r}")
         for name in ("initializer_range", "layer_norm_eps"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value <= 0:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"BertConfig.{name} must be a positive number, got {value!r}")
         _check_choice("hidden_act", self.hidden_act, ACTIVATIONS)
         _check_choice("position_embedding_type", self.position_embedding_type, POSITION_EMBEDDING_TYPES)
@@ -153,9 +176,15 @@ class BertConfig:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_hf(cls, config: Union[Mapping[str, Any], str, os.PathLike], **overrides: Any) -> "BertConfig":
+    def from_hf(cls, config: Union[Mapping[str, Any], str, os.PathLike], *, allow_other_model_type: bool = False,
+                **overrides: Any) -> "BertConfig":
         """Builds a config from an HF `config.json` (dict, file or directory) or google-research's
-        `bert_config.json`. `overrides` set JAX-side or any other fields (e.g. dtype="bfloat16")."""
+        `bert_config.json`. `overrides` set JAX-side or any other fields (e.g. dtype="bfloat16").
+
+        A config whose `model_type` is not "bert" (RoBERTa, ELECTRA, ...: other weights, other
+        embeddings) raises ValueError unless `allow_other_model_type=True` (then it is read as BERT,
+        with a warning). Wrongly typed values raise ValueError naming the field (see `BertConfig`)."""
+        source = "config"
         if isinstance(config, (str, os.PathLike)):
             path = os.fspath(config)
             if os.path.isdir(path):
@@ -167,28 +196,41 @@ class BertConfig:
                     raise FileNotFoundError(f"no config.json or bert_config.json in {path}")
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"config file {path} does not exist")
-            with open(path) as f:
-                try:
+            source = path
+            try:
+                with open(path, encoding="utf-8") as f:
                     config = json.load(f)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"config file {path} is not valid JSON: {e}") from e
+            except UnicodeDecodeError as e:
+                raise ValueError(f"config file {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+            except json.JSONDecodeError as e:
+                raise ValueError(f"config file {path} is not valid JSON: {e}") from None
         if not isinstance(config, Mapping):
-            raise ValueError(f"BertConfig.from_hf expects a dict or a path, got {type(config).__name__}")
+            raise ValueError(f"BertConfig.from_hf expects a dict or a path, got {type(config).__name__}"
+                             + (f" (the JSON in {source})" if source != "config" else ""))
         model_type = config.get("model_type", "bert")
         if model_type != "bert":
-            logger.warning("config has model_type=%r; reading it as BERT", model_type)
+            if not allow_other_model_type:
+                raise ValueError(f"{source} has model_type={model_type!r}, not 'bert': this is not a BERT checkpoint "
+                                 f"(pass allow_other_model_type=True, or allow_missing=True when loading weights, "
+                                 f"to read it as BERT anyway)")
+            logger.warning("%s has model_type=%r; reading it as BERT", source, model_type)
         field_names = {f.name for f in dataclasses.fields(cls)} - _JAX_FIELDS
         kwargs = {k: v for k, v in config.items() if k in field_names}
         unknown = sorted(set(config) - field_names - _HF_BOOKKEEPING_KEYS)
         if unknown:
             logger.info("BertConfig.from_hf ignores keys %s", unknown)
-        if "id2label" in kwargs and "num_labels" not in kwargs and kwargs["id2label"] is not None:
+        if "num_labels" not in kwargs and isinstance(kwargs.get("id2label"), Mapping):
             kwargs["num_labels"] = len(kwargs["id2label"])
         # Older configs leave these out; None means "HF default" there, not "no value".
         for name in ("layer_norm_eps", "pad_token_id", "position_embedding_type", "use_cache", "tie_word_embeddings"):
             if name in kwargs and kwargs[name] is None and name != "pad_token_id":
                 del kwargs[name]
-        config = cls(**kwargs)
+        try:
+            config = cls(**kwargs)
+        except ValueError as e:
+            if source == "config":
+                raise
+            raise ValueError(f"{source}: {e}") from None
         # replace() re-derives the label maps when num_labels/id2label change.
         return config.replace(**overrides) if overrides else config
 
@@ -208,14 +250,36 @@ class BertConfig:
 
 
 _JAX_FIELDS = frozenset({"dtype", "param_dtype", "attention_impl", "remat_policy", "scan_layers"})
+_BOOL_FIELDS = ("is_decoder", "add_cross_attention", "use_cache", "tie_word_embeddings", "scan_layers")
+_INT_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+               "max_position_embeddings", "type_vocab_size", "num_labels", "pad_token_id")
+
+
+def _int_key(field: str, key: Any) -> int:
+    """An id2label key as int: ints, numpy ints and decimal strings ("3", JSON's only key type)."""
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        return int(key)
+    if isinstance(key, str) and key.strip().lstrip("-").isdigit():
+        return int(key)
+    raise ValueError(f"BertConfig.{field} must map integer ids to label names; key {key!r} is not an integer")
+
+
+def _int_value(field: str, key: Any, value: Any) -> int:
+    """A label2id value as int (ints, numpy ints, decimal strings)."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    raise ValueError(f"BertConfig.{field} must map label names to integer ids; {key!r} maps to {value!r}")
 
 _DTYPE_ALIASES = {"fp32": "float32", "f32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16",
                   "f16": "float16", "fp64": "float64", "float": "float32"}
 
 
 def _dtype_name(value: Any, field: str) -> str:
+    if value is None:  # np.dtype(None) would be float64
+        raise ValueError(f"BertConfig.{field} must be one of {DTYPES}, got None")
     try:
-        import numpy as np
         name = value if isinstance(value, str) else np.dtype(value).name
     except TypeError as e:
         raise ValueError(f"BertConfig.{field} must be one of {DTYPES}, got {value!r}") from e

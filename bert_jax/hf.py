@@ -139,10 +139,15 @@ def read_state_dict(directory: Union[str, os.PathLike]) -> Dict[str, np.ndarray]
     if os.path.isfile(safe):
         return _read_safetensors(safe)
     if os.path.isfile(index):
-        with open(index) as f:
-            weight_map = json.load(f).get("weight_map")
-        if not weight_map:
-            raise ValueError(f"{index} has no weight_map")
+        try:
+            with open(index, encoding="utf-8") as f:
+                weight_map = json.load(f)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{index} is not valid UTF-8 JSON: {e}") from None
+        weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+        if not weight_map or not isinstance(weight_map, dict) or not all(
+                isinstance(v, str) for v in weight_map.values()):
+            raise ValueError(f"{index} has no weight_map (a JSON object of tensor name -> shard file)")
         state = {}
         for shard in sorted(set(weight_map.values())):
             shard_path = os.path.join(directory, shard)
@@ -196,25 +201,40 @@ def _normalise_keys(state: Mapping[str, np.ndarray], wants_prefix: bool) -> Dict
 
 # ------------------------------------------------------------------------------------------------
 def load_hf_checkpoint(path: Union[str, os.PathLike], model_class: ModelClass = BertModel,
-                       rng: Optional[jax.Array] = None, **config_overrides) -> Tuple[BertConfig, dict]:
+                       rng: Optional[jax.Array] = None, *, allow_missing: bool = False,
+                       **config_overrides) -> Tuple[BertConfig, dict]:
     """Reads an HF BERT directory into `(config, params)` for `model_class`.
 
-    Params the checkpoint lacks (a new task head) are randomly initialised and listed in a warning;
-    checkpoint tensors the model has no place for are listed too. A shape mismatch raises naming
-    the key and both shapes. `config_overrides` set BertConfig fields (e.g. num_labels=3,
-    dtype='bfloat16').
+    Params the checkpoint lacks that a BERT checkpoint may lack (a new task head, the pooler,
+    cross-attention of a decoder warm-started from an encoder) are randomly initialised and listed in
+    a warning; checkpoint tensors the model has no place for are listed too. A shape mismatch raises
+    naming the key and both shapes. A checkpoint that is not BERT raises ValueError: config.json's
+    `model_type` is not "bert" (RoBERTa, ELECTRA, ...), or tensors of the embeddings or encoder
+    layers are missing (another architecture's names, a truncated conversion); `allow_missing=True`
+    reads it anyway and initialises what is missing (with the warning). `config_overrides` set
+    BertConfig fields (e.g. num_labels=3, dtype='bfloat16').
     """
     ckpt_dir = os.fspath(path)
-    config = BertConfig.from_hf(ckpt_dir, **config_overrides)
-    return config, params_from_state_dict(read_state_dict(ckpt_dir), config, model_class, rng=rng, source=ckpt_dir)
+    config = BertConfig.from_hf(ckpt_dir, allow_other_model_type=allow_missing, **config_overrides)
+    return config, params_from_state_dict(read_state_dict(ckpt_dir), config, model_class, rng=rng, source=ckpt_dir,
+                                          allow_missing=allow_missing)
+
+
+def _is_encoder_body(path: Tuple[str, ...]) -> bool:
+    """Whether a flax param path belongs to the embeddings or the encoder layers (not the pooler, a
+    head, or cross-attention, which a BERT checkpoint may legitimately lack)."""
+    body = path[1:] if path and path[0] == "bert" else path
+    return bool(body) and body[0] in ("embeddings", "encoder") and "crossattention" not in path
 
 
 def params_from_state_dict(state: Mapping[str, np.ndarray], config: BertConfig, model_class: ModelClass = BertModel,
-                           rng: Optional[jax.Array] = None, source: str = "the checkpoint") -> dict:
+                           rng: Optional[jax.Array] = None, source: str = "the checkpoint",
+                           allow_missing: bool = False) -> dict:
     """PyTorch-layout tensors keyed as transformers names them -> params of `model_class` (either layer
     layout, as `config.scan_layers` says). Missing params are initialised from `rng` and logged, unused
-    tensors are logged, shape mismatches raise; `source` names the checkpoint in those messages. Shared
-    by the HF and the Google TF1 (`bert_jax.tf1`) importers."""
+    tensors are logged, shape mismatches raise; missing embedding/encoder-layer tensors raise ValueError
+    unless `allow_missing` (see `load_hf_checkpoint`); `source` names the checkpoint in those messages.
+    Shared by the HF and the Google TF1 (`bert_jax.tf1`) importers."""
     model = build_model(model_class, config)
     state = _normalise_keys(state, wants_prefix=not isinstance(model, BertModel))
     if not config.tie_word_embeddings and _TIED_KEYS[1] in state:
@@ -235,6 +255,14 @@ def params_from_state_dict(state: Mapping[str, np.ndarray], config: BertConfig, 
             missing.append(path)
             continue
         flat[path] = torch_to_flax(path, np.asarray(state.pop(key)), tuple(leaf.shape)).astype(param_dtype)
+    body = [p for p in missing if _is_encoder_body(p)]
+    if body and not allow_missing:
+        total = sum(_is_encoder_body(p) for p in shapes)
+        names = [torch_key(p) for p in body]
+        raise ValueError(f"{source}: {len(body)} of the {total} embedding/encoder tensors {type(model).__name__} needs "
+                         f"are missing ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}): not a BERT "
+                         f"checkpoint of this configuration (another architecture, fewer layers, a truncated "
+                         f"conversion?). Pass allow_missing=True to initialise them randomly.")
     if missing:
         fresh = traverse_util.flatten_dict(init_params(model, rng))
         if config.scan_layers:

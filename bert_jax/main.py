@@ -7,11 +7,16 @@ evaluate (the latest checkpoint in DIR). Fine-tuning configs (those with `config
 configs/finetune.py): finetune (train, evaluate on dev, keep the best; resumes from DIR), evaluate
 (a checkpoint in DIR, default the best), predict (the task's predictions file from the best
 checkpoint). With no --config the embedded pretraining demo (configs/demo.py) runs.
+
+Errors end the run with one line, `bert_jax: <ErrorType>: <message>`, on stderr and exit status 1;
+`--verbose` re-raises instead, for the full traceback. Wrong flags (`app.UsageError`) print absl's usage
+message as before.
 """
 
 import json
 import logging
 import os
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -20,6 +25,7 @@ _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(_
 config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment config file (configs/*.py[:args]).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", "/tmp/bert_jax_demo", "Checkpoints, metrics and the effective config go here.")
+flags.DEFINE_bool("verbose", False, "On an error, show the full traceback instead of the one-line message.")
 FLAGS = flags.FLAGS
 
 
@@ -32,7 +38,29 @@ def modes(config) -> dict:
     return {"pretrain": trainer.train_and_evaluate, "evaluate": trainer.evaluate_checkpoint}
 
 
+def one_line(error: BaseException) -> str:
+    """`<ErrorType>: <message>` on one line (the message's lines joined; `KeyError('x')` keeps its quotes)."""
+    message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
 def main(argv):
+    try:
+        run(argv)
+    except (app.UsageError, KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as e:
+        if FLAGS.verbose:
+            raise
+        for handler in logging.getLogger().handlers:  # the log so far first: the message must be the last line
+            handler.flush()
+        sys.stdout.flush()
+        print(f"bert_jax: {one_line(e)} (--verbose shows the traceback)", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+def run(argv):
+    """Runs `config.mode` for FLAGS.config in FLAGS.workdir (errors propagate; see `main`)."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.getLogger().setLevel(logging.INFO)

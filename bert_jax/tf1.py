@@ -137,7 +137,7 @@ def read_tf1_variables(prefix: str) -> Dict[str, np.ndarray]:
 
 def load_tf1_checkpoint(path_or_dir: Union[str, os.PathLike], model_class: ModelClass = BertModel,
                         rng: Optional[jax.Array] = None, config: Union[BertConfig, str, os.PathLike, None] = None,
-                        **config_overrides) -> Tuple[BertConfig, dict]:
+                        *, allow_missing: bool = False, **config_overrides) -> Tuple[BertConfig, dict]:
     """Reads a google-research TF1 checkpoint into `(config, params)` for `model_class`.
 
     path_or_dir: the release directory (with `bert_model.ckpt.*` and `bert_config.json`) or a checkpoint
@@ -146,14 +146,17 @@ def load_tf1_checkpoint(path_or_dir: Union[str, os.PathLike], model_class: Model
       checkpoint's directory). `config_overrides` set BertConfig fields (num_labels=3, dtype=...).
 
     Missing params (a new head) are initialised from `rng` and logged; tensors the model does not use
-    are logged. The vocabulary is the directory's `vocab.txt`: `BertTokenizer.from_vocab(path,
+    are logged. Missing embedding/encoder-layer tensors raise ValueError unless `allow_missing=True`
+    (see `bert_jax.hf.load_hf_checkpoint`).
+    The vocabulary is the directory's `vocab.txt`: `BertTokenizer.from_vocab(path,
     lowercase=...)` (lowercase for the `uncased_*` releases).
     """
     prefix, directory = resolve_checkpoint(path_or_dir)
     if isinstance(config, BertConfig):
         config = config.replace(**config_overrides) if config_overrides else config
     else:
-        config = BertConfig.from_hf(directory if config is None else config, **config_overrides)
+        config = BertConfig.from_hf(directory if config is None else config, allow_other_model_type=allow_missing,
+                                    **config_overrides)
     variables = read_tf1_variables(prefix)
     state, skipped = {}, []
     for name, value in variables.items():
@@ -165,4 +168,5 @@ def load_tf1_checkpoint(path_or_dir: Union[str, os.PathLike], model_class: Model
     if not state:
         raise ValueError(f"TF checkpoint {prefix} holds no model weights (only {skipped[:10]})")
     logger.info("skipped %d optimizer/bookkeeping variables of %s", len(skipped), prefix)
-    return config, params_from_state_dict(state, config, model_class, rng=rng, source=prefix)
+    return config, params_from_state_dict(state, config, model_class, rng=rng, source=prefix,
+                                          allow_missing=allow_missing)

@@ -69,8 +69,11 @@ def _load_from_url(cls, url) -> "BertTokenizer":
 
 def load_vocab(vocab_path) -> dict[str, int]:
     """Reads a one-token-per-line vocab.txt exactly like transformers' `load_vocab` (line i -> id i)."""
-    with open(vocab_path, encoding="utf-8") as f:
-        return {line.rstrip("\n"): i for i, line in enumerate(f.readlines())}
+    try:
+        with open(vocab_path, encoding="utf-8") as f:
+            return {line.rstrip("\n"): i for i, line in enumerate(f.readlines())}
+    except UnicodeDecodeError as e:
+        raise ValueError(f"vocab file {os.fspath(vocab_path)} is not UTF-8 text ({e.reason})") from None
 
 
 def _bert_normalizer(lowercase: bool, strip_accents: bool | None, tokenize_chinese_chars: bool):
@@ -151,6 +154,9 @@ class BertTokenizer:
                 config = json.loads(config_path.read_text(encoding="utf-8"))
             except json.JSONDecodeError as e:
                 raise ValueError(f"{config_path} is not valid JSON: {e}") from None
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{config_path} is not UTF-8 text ({e.reason})") from None
+            _check_tokenizer_config(config, config_path)
         model_max_length = config.get("model_max_length", DEFAULT_MODEL_MAX_LENGTH)
         tokenizer_path, vocab_path = directory / "tokenizer.json", directory / "vocab.txt"
         if tokenizer_path.is_file():
@@ -348,7 +354,7 @@ class BertTokenizer:
         """int -> str or a sequence/array of ids -> list[str]; out-of-range ids raise ValueError."""
         ids = np.asarray(ids).tolist()
         if isinstance(ids, int):
-            token = self._backend.id_to_token(ids)
+            token = self._backend.id_to_token(ids) if ids >= 0 else None
             if token is None:
                 raise ValueError(f"token id {ids} is outside the vocabulary (size {self.vocab_size})")
             return token
@@ -362,6 +368,22 @@ class BertTokenizer:
         if ids.ndim > 1:
             raise ValueError(f"decode takes one sequence of ids ([seq] or [1, seq]), got shape {ids.shape}")
         return self._backend.decode(ids.reshape(-1).tolist(), skip_special_tokens=skip_special_tokens)
+
+
+def _check_tokenizer_config(config, path) -> None:
+    """ValueError naming the file and key of a tokenizer_config.json value of the wrong type."""
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(config).__name__}")
+    for key, allowed, what in (("do_lower_case", (bool,), "true or false"),
+                               ("tokenize_chinese_chars", (bool,), "true or false"),
+                               ("strip_accents", (bool, type(None)), "true, false or null"),
+                               ("model_max_length", (int, float, type(None)), "a number")):
+        if key in config and (not isinstance(config[key], allowed)
+                              or (key == "model_max_length" and isinstance(config[key], bool))):
+            raise ValueError(f"{path}: {key} must be {what}, got {config[key]!r}")
+    length = config.get("model_max_length")
+    if length is not None and not length >= 1:
+        raise ValueError(f"{path}: model_max_length must be at least 1, got {length!r}")
 
 
 def _stack(rows: list, trailing: tuple = ()):
@@ -394,33 +416,100 @@ def _describe(value) -> str:
 def train_wordpiece(files_or_iterator, vocab_size: int, lowercase: bool = True, strip_accents: bool | None = None,
                     tokenize_chinese_chars: bool = True, min_frequency: int = 2, limit_alphabet: int = 1000,
                     model_max_length: int = DEFAULT_MODEL_MAX_LENGTH, show_progress: bool = False) -> BertTokenizer:
-    """Trains a WordPiece vocab with BERT normalization.
+    """Trains a WordPiece vocab with BERT normalization; the same corpus and settings give the same vocab
+    (token for token, id for id) in any process.
 
     The vocab holds about `vocab_size` entries: the trainer always keeps the whole (`limit_alphabet`-capped)
-    character alphabet and its '##' forms, which can push it past `vocab_size` on small corpora. Training is
-    not bit-reproducible: tokenizers breaks frequency ties in hash-map order (huggingface/tokenizers#1794), so
-    ids, and on ties the merges, can differ between runs; save the trained tokenizer rather than retraining.
+    character alphabet and its '##' forms, which can push it past `vocab_size` on small corpora.
+
+    Determinism: `tokenizers`' trainer gives the '##' continuation pieces ids in hash-map order, different in
+    every process, and those ids break ties between equally frequent merges (huggingface/tokenizers#1794), so
+    two runs could learn different vocabularies; with `limit_alphabet` cutting the alphabet, which of equally
+    frequent characters survive was hash order too. Here a first, merge-free pass finds the alphabet and the
+    continuation pieces, the alphabet is cut deterministically (most frequent first, ties by code point), and
+    the real pass gets them, sorted, as its first tokens: every id, and so every tie-break, is fixed. Ids:
+    the special tokens 0..4 ([PAD], [UNK], [CLS], [SEP], [MASK]), the alphabet by code point, the '##' forms
+    by code point, then the learned pieces in merge order.
 
     `files_or_iterator` is a path, a list of paths, or an iterable of text strings (e.g. a generator or a list
-    of lines; a list of str counts as paths only if every entry is an existing file). Special tokens get ids
-    0..4 in the order [PAD], [UNK], [CLS], [SEP], [MASK].
+    of lines; a list of str counts as paths only if every entry is an existing file). An iterator is read
+    into memory once (both passes read it).
     """
-    if not isinstance(vocab_size, int) or vocab_size <= len(SPECIAL_TOKENS):
+    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size <= len(SPECIAL_TOKENS):
         raise ValueError(f"vocab_size must be an int above {len(SPECIAL_TOKENS)}, got {vocab_size!r}")
-    backend = Tokenizer(models.WordPiece(unk_token=UNK, max_input_chars_per_word=100))
-    backend.normalizer = _bert_normalizer(lowercase, strip_accents, tokenize_chinese_chars)
-    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                        special_tokens=list(SPECIAL_TOKENS), limit_alphabet=limit_alphabet,
-                                        continuing_subword_prefix="##", show_progress=show_progress)
+    if not isinstance(limit_alphabet, int) or isinstance(limit_alphabet, bool) or limit_alphabet < 1:
+        raise ValueError(f"limit_alphabet must be a positive int, got {limit_alphabet!r}")
     files = _as_files(files_or_iterator)
-    if files is not None:
-        backend.train(files, trainer)
-    else:
-        backend.train_from_iterator(files_or_iterator, trainer)
+    texts = None if files is not None else list(files_or_iterator)
+
+    def run(trainer) -> Tokenizer:
+        backend = Tokenizer(models.WordPiece(unk_token=UNK, max_input_chars_per_word=100))
+        backend.normalizer = _bert_normalizer(lowercase, strip_accents, tokenize_chinese_chars)
+        backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        if files is not None:
+            try:
+                backend.train(files, trainer)
+            except Exception as e:  # the backend raises the bare Exception type, naming no file
+                if "UTF-8" not in str(e):
+                    raise
+                raise ValueError(f"training files are not all UTF-8 text: {_non_utf8(files)}") from None
+        else:
+            backend.train_from_iterator(texts, trainer)
+        return backend
+
+    # Pass 1, no merges (the vocab is full from the start): the alphabet and the '##' forms that occur.
+    probe = run(trainers.WordPieceTrainer(vocab_size=len(SPECIAL_TOKENS), min_frequency=min_frequency,
+                                          special_tokens=list(SPECIAL_TOKENS), continuing_subword_prefix="##",
+                                          show_progress=False))
+    found = probe.get_vocab(with_added_tokens=False)
+    alphabet = sorted(t for t in found if len(t) == 1)
+    if len(alphabet) > limit_alphabet:  # keep the most frequent characters, ties by code point
+        counts = _char_counts(probe, files, texts)
+        alphabet = sorted(sorted(alphabet, key=lambda c: (-counts.get(c, 0), c))[:limit_alphabet])
+    kept = set(alphabet)
+    continuations = sorted(t for t in found if len(t) == 3 and t.startswith("##") and t[2] in kept)
+    # Pass 2: the same alphabet (initial_alphabet + a limit of exactly its size keeps just it) and every
+    # base token given up front, in a fixed order, so the trainer assigns no id in hash order.
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                        special_tokens=list(SPECIAL_TOKENS) + alphabet + continuations,
+                                        initial_alphabet=alphabet, limit_alphabet=len(alphabet),
+                                        continuing_subword_prefix="##", show_progress=show_progress)
+    backend = run(trainer)
     return BertTokenizer(_build_backend(backend.get_vocab(), lowercase, strip_accents, tokenize_chinese_chars),
                          do_lower_case=lowercase, strip_accents=strip_accents,
                          tokenize_chinese_chars=tokenize_chinese_chars, model_max_length=model_max_length)
+
+
+def _non_utf8(files) -> list[str]:
+    """The files of `files` that do not decode as UTF-8."""
+    bad = []
+    for path in files:
+        with open(path, "rb") as f:
+            try:
+                f.read().decode("utf-8")
+            except UnicodeDecodeError:
+                bad.append(path)
+    return bad
+
+
+def _char_counts(backend: Tokenizer, files, texts) -> dict[str, int]:
+    """Occurrences of each character in the normalized, pre-tokenized corpus (what the trainer counts)."""
+    import collections
+    counts: collections.Counter = collections.Counter()
+
+    def lines():
+        if texts is not None:
+            yield from texts
+            return
+        for path in files:
+            with open(path, encoding="utf-8") as f:
+                yield from f
+
+    for line in lines():
+        normalized = backend.normalizer.normalize_str(line)
+        for word, _ in backend.pre_tokenizer.pre_tokenize_str(normalized):
+            counts.update(word)
+    return counts
 
 
 def _as_files(source: Iterable) -> list[str] | None:

@@ -230,7 +230,7 @@ def test_glue_errors(glue_dirs, tmp_path):
     bad.mkdir()
     write_tsv(bad / "train.tsv", ["index", "premise", "hypothesis", "label"], [[0, "a", "b", "entailment"]])
     (bad / "dev.tsv").write_text("")
-    with pytest.raises(ValueError, match=r"no column\(s\) \['sentence1', 'sentence2'\].*found are \['index', "
+    with pytest.raises(ValueError, match=r"no columns 'sentence1', 'sentence2'; .*found are \['index', "
                                          r"'premise', 'hypothesis', 'label'\]"):
         glue("rte", bad).load_split("train")
     with pytest.raises(ValueError, match=r"dev\.tsv is empty"):
@@ -393,6 +393,48 @@ def test_ner_truncation_warns_and_predicts_o(conll_dir, tokenizer, caplog):
     assert [len(p) for p in predictions] == [len(e.words) for e in train]
 
 
+def test_ner_words_without_word_pieces_are_not_scored(tmp_path, tokenizer, caplog):
+    """A word the tokenizer deletes ("\u200b", "\xad": BERT's normalizer removes format characters) has no
+    token to be labelled or predicted at. transformers' run_ner labels tokens through word_ids(), so such a
+    word gets no label and is dropped from both the gold and the predicted sequence; so here (before: it was
+    predicted "O" and scored, a missed entity when its gold tag was one)."""
+    (tmp_path / "train.txt").write_text("John B-PER\n\u200b B-LOC\nlives O\nin O\nParis B-LOC\n\xad O\n\n"
+                                        "He O\n\u200b\xad B-PER\nsat O\n", encoding="utf-8")
+    task = NerTask(task_config(data_dir=str(tmp_path)))
+    train = task.load_split("train")
+    assert train[0].words[1] == "\u200b" and train[1].words[1] == "\u200b\xad"
+    with caplog.at_level(logging.WARNING):
+        features = task.featurize(train, tokenizer, SEQ, "train")
+    assert "3 word(s) become no word piece" in caplog.text
+    labels, names = features.labels["labels"], task.label_names()
+
+    # The labels are run_ner's: its tokenize_and_align_labels (label_all_tokens=False) on the same vocab.
+    transformers = pytest.importorskip("transformers")
+    tokenizer.save(tmp_path / "tok")
+    fast = transformers.BertTokenizerFast.from_pretrained(str(tmp_path / "tok"))
+    for i, example in enumerate(train):
+        encoded = fast(example.words, is_split_into_words=True, padding="max_length", max_length=SEQ)
+        assert encoded["input_ids"] == features.inputs["input_ids"][i].tolist()
+        expected, previous = [], None
+        for word in encoded.word_ids():
+            expected.append(-100 if word is None or word == previous else names.index(example.tags[word]))
+            previous = word
+        np.testing.assert_array_equal(labels[i], expected)
+
+    # Perfect logits on every token: predictions are the gold tags, None for the pieceless words, and
+    # the score is run_ner's (only labelled tokens): f1 = 1, although B-LOC / B-PER sat on deleted words.
+    logits = np.zeros(labels.shape + (len(names),))
+    rows, cols = np.nonzero(labels >= 0)
+    logits[rows, cols, labels[rows, cols]] = 1.0
+    predictions = task.postprocess({"logits": logits}, features, train)
+    assert predictions == [["B-PER", None, "O", "O", "B-LOC", None], ["O", None, "O"]]
+    scores = task.metrics(predictions, train)
+    assert scores["f1"] == 1.0 and scores["precision"] == 1.0 and scores["recall"] == 1.0
+    path = tmp_path / "predictions.txt"
+    task.write_predictions(predictions, train, str(path))
+    assert path.read_text(encoding="utf-8").split("\n")[:3] == ["John B-PER B-PER", "\u200b B-LOC O", "lives O O"]
+
+
 def test_ner_errors(conll_dir, tmp_path, tokenizer):
     task = NerTask(task_config(data_dir=str(conll_dir)))
     with pytest.raises(ValueError, match=r"valid\.txt: sentence 1 .*unknown tag\(s\) \['I-FOOD'\]"):
@@ -452,7 +494,7 @@ def test_swag_errors(tmp_path):
     (tmp_path / "train.csv").write_text("sent1,sent2,ending0,ending1,label\na,b,c,d,0\n")
     (tmp_path / "val.csv").write_text(SWAG_HEADER + 'v,1,x,a,b,g,c,d,e,f,7\n')
     task = SwagTask(task_config(data_dir=str(tmp_path)))
-    with pytest.raises(ValueError, match=r"no column\(s\) \['ending2', 'ending3'\].*found are \['sent1'"):
+    with pytest.raises(ValueError, match=r"no columns 'ending2', 'ending3'; .*found are \['sent1'"):
         task.load_split("train")
     with pytest.raises(ValueError, match=r"val\.csv, line 2: label '7' is not one of 0\.\.3"):
         task.load_split("validation")
@@ -527,7 +569,7 @@ def test_classify_tsv_pairs_jsonl_regression_and_multi_label(tmp_path, tokenizer
 def test_classify_errors(tmp_path):
     train = tmp_path / "train.csv"
     train.write_text("sentence,label\ngood,pos\nbad,neg\n")
-    with pytest.raises(ValueError, match=r"train\.csv has no column\(s\) \['text'\]; the columns found are "
+    with pytest.raises(ValueError, match=r"train\.csv has no column 'text'; the columns found are "
                                          r"\['sentence', 'label'\]"):
         classify(tmp_path, train_file=str(train)).load_split("train")
     (tmp_path / "dev.csv").write_text("sentence,label\nokay,meh\n")

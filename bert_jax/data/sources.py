@@ -380,32 +380,36 @@ class CsvSource:
             tsv = path.lower().endswith((".tsv", ".tab", ".tsv.txt"))
             sep = delimiter if delimiter is not None else ("\t" if tsv else ",")
             quoted = (not tsv) if quoting is None else bool(quoting)
-            with open(path, encoding=encoding, newline="") as f:
-                reader = csv.reader(f, delimiter=sep, quotechar='"' if quoted else None,
-                                    quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE)
-                header = next(reader, None)
-                if not header or not any(h.strip() for h in header):
-                    raise ValueError(f"csv file {path!r} has no header row")
-                header = [h.strip() for h in header]
-                if len(set(header)) != len(header):
-                    raise ValueError(f"csv file {path!r} has duplicate column names: {header}")
-                if self.header is None:
-                    self.header = header
-                    _check_columns(header, self.columns, f"csv file {path!r}")
-                elif header != self.header:
-                    raise ValueError(f"csv file {path!r} has header {header}, but {self._files[0]!r} has "
-                                     f"{self.header}")
-                before = len(self._rows)
-                keep = [header.index(c) for c in (self.columns or header)]
-                for row in reader:
-                    if not row or (len(row) == 1 and not row[0].strip()):
-                        continue  # blank line
-                    if len(row) != len(header):
-                        raise ValueError(f"{path}:{reader.line_num} has {len(row)} fields, the header has "
-                                         f"{len(header)} ({header}); wrong delimiter {sep!r}?")
-                    self._rows.append(tuple(row[k] for k in keep))
-                if len(self._rows) == before:
-                    raise ValueError(f"csv file {path!r} has a header but no rows")
+            try:
+                with open(path, encoding=encoding, newline="") as f:
+                    reader = csv.reader(f, delimiter=sep, quotechar='"' if quoted else None,
+                                        quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE)
+                    header = next(reader, None)
+                    if not header or not any(h.strip() for h in header):
+                        raise ValueError(f"csv file {path!r} has no header row")
+                    header = [h.strip() for h in header]
+                    if len(set(header)) != len(header):
+                        raise ValueError(f"csv file {path!r} has duplicate column names: {header}")
+                    if self.header is None:
+                        self.header = header
+                        _check_columns(header, self.columns, f"csv file {path!r}")
+                    elif header != self.header:
+                        raise ValueError(f"csv file {path!r} has header {header}, but {self._files[0]!r} has "
+                                         f"{self.header}")
+                    before = len(self._rows)
+                    keep = [header.index(c) for c in (self.columns or header)]
+                    for row in reader:
+                        if not row or (len(row) == 1 and not row[0].strip()):
+                            continue  # blank line
+                        if len(row) != len(header):
+                            raise ValueError(f"{path}:{reader.line_num} has {len(row)} fields, the header has "
+                                             f"{len(header)} ({header}); wrong delimiter {sep!r}?")
+                        self._rows.append(tuple(row[k] for k in keep))
+                    if len(self._rows) == before:
+                        raise ValueError(f"csv file {path!r} has a header but no rows")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"csv file {path!r} is not {encoding} text (byte 0x{e.object[e.start]:02x}: "
+                                 f"{e.reason})") from None
         self._names = list(self.columns or self.header)
 
     def __len__(self) -> int:

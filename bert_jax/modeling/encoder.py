@@ -257,5 +257,7 @@ class BertPooler(nn.Module):
         if cls_positions is None:
             first = hidden[:, 0]
         else:
-            first = jnp.take_along_axis(hidden, cls_positions[..., None].astype(jnp.int32), axis=1)
+            # Clamped: an out-of-range position (invalid data, see losses.invalid_counts) reads a real row, not NaN.
+            positions = jnp.clip(cls_positions.astype(jnp.int32), 0, hidden.shape[1] - 1)
+            first = jnp.take_along_axis(hidden, positions[..., None], axis=1)
         return jnp.tanh(dense(cfg, cfg.hidden_size, ("embed", None), "dense")(first))

@@ -86,10 +86,32 @@ def _word_embeddings(bert: BertModel) -> Array:
 
 
 def _gather_positions(hidden: Array, masked_positions: Optional[Array]) -> Array:
-    """[B, L, H] -> [B, P, H] at `masked_positions` [B, P] (google-research's gather_indexes)."""
+    """[B, L, H] -> [B, P, H] at `masked_positions` [B, P] (google-research's gather_indexes).
+
+    Positions outside [0, L) (invalid; eagerly applied models raise before this) are clamped, so they
+    gather a real row instead of NaN or a wrapped index; `_mask_invalid_positions` drops their labels."""
     if masked_positions is None:
         return hidden
-    return jnp.take_along_axis(hidden, masked_positions[..., None].astype(jnp.int32), axis=1)
+    positions = jnp.clip(masked_positions.astype(jnp.int32), 0, hidden.shape[1] - 1)
+    return jnp.take_along_axis(hidden, positions[..., None], axis=1)
+
+
+def _mask_invalid_positions(labels: Optional[Array], masked_positions: Optional[Array], seq: int) -> Optional[Array]:
+    """`labels` [B, P] with IGNORE_INDEX where `masked_positions` [B, P] is outside [0, seq)."""
+    if labels is None or masked_positions is None:
+        return labels
+    if tuple(labels.shape) != tuple(masked_positions.shape):
+        raise ValueError(f"labels has shape {tuple(labels.shape)}; with masked_positions "
+                         f"{tuple(masked_positions.shape)} the labels are the ids at those positions, of the same shape")
+    valid = (masked_positions >= 0) & (masked_positions < seq)
+    return jnp.where(valid, labels, losses.IGNORE_INDEX).astype(labels.dtype)
+
+
+def _input_shape(input_ids, inputs_embeds):
+    """Shape of the tokens: input_ids' ([B, L] or [B, C, L]), or inputs_embeds' without the hidden axis."""
+    if input_ids is not None:
+        return tuple(input_ids.shape)
+    return None if inputs_embeds is None else tuple(inputs_embeds.shape[:-1])
 
 
 def _classifier(config: BertConfig, num_outputs: int, name: str = "classifier") -> nn.DenseGeneral:
@@ -136,6 +158,9 @@ class BertForPreTraining(_BertTaskModel):
                  head_mask=None, inputs_embeds=None, masked_positions=None, labels=None, next_sentence_label=None,
                  masked_lm_weights=None, sequence_ids=None, cls_positions=None, *, deterministic=True,
                  output_attentions=False, output_hidden_states=False):
+        losses.validate_targets(self.config, "pretraining", dict(
+            labels=labels, next_sentence_label=next_sentence_label, masked_positions=masked_positions,
+            cls_positions=cls_positions), _input_shape(input_ids, inputs_embeds))
         bert, out = self.encode(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
                                 deterministic, output_attentions, output_hidden_states,
                                 sequence_ids=sequence_ids, cls_positions=cls_positions)
@@ -144,6 +169,7 @@ class BertForPreTraining(_BertTaskModel):
                                                                           _word_embeddings(bert))
         loss = None
         if labels is not None and next_sentence_label is not None:
+            labels = _mask_invalid_positions(labels, masked_positions, out.last_hidden_state.shape[1])
             loss = losses.pretraining_loss(logits, labels, nsp_logits, next_sentence_label, masked_lm_weights)
         return BertForPreTrainingOutput(loss=loss, prediction_logits=logits, seq_relationship_logits=nsp_logits,
                                         hidden_states=out.hidden_states, attentions=out.attentions)
@@ -158,11 +184,14 @@ class BertForMaskedLM(_BertTaskModel):
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                  head_mask=None, inputs_embeds=None, masked_positions=None, labels=None, masked_lm_weights=None,
                  sequence_ids=None, *, deterministic=True, output_attentions=False, output_hidden_states=False):
+        losses.validate_targets(self.config, "masked_lm", dict(labels=labels, masked_positions=masked_positions),
+                                _input_shape(input_ids, inputs_embeds))
         bert, out = self.encode(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
                                 deterministic, output_attentions, output_hidden_states,
                                 sequence_ids=sequence_ids)
         hidden = _gather_positions(out.last_hidden_state, masked_positions)
         logits = BertOnlyMLMHead(self.config, name="cls")(hidden, _word_embeddings(bert))
+        labels = _mask_invalid_positions(labels, masked_positions, out.last_hidden_state.shape[1])
         loss = None if labels is None else losses.masked_lm_loss(logits, labels, masked_lm_weights)
         return MaskedLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
 
@@ -180,6 +209,7 @@ class BertForCausalLM(_BertTaskModel):
                  init_cache=False):
         if not self.config.is_decoder:
             raise ValueError("BertForCausalLM needs a config with is_decoder=True")
+        losses.validate_targets(self.config, "causal_lm", dict(labels=labels), _input_shape(input_ids, inputs_embeds))
         bert, out = self.encode(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
                                 deterministic, output_attentions, output_hidden_states,
                                 encoder_hidden_states=encoder_hidden_states,
@@ -196,9 +226,11 @@ class BertForNextSentencePrediction(_BertTaskModel):
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                  head_mask=None, inputs_embeds=None, labels=None, sequence_ids=None, cls_positions=None, *,
                  deterministic=True, output_attentions=False, output_hidden_states=False):
+        losses.validate_targets(self.config, "next_sentence", dict(labels=labels, cls_positions=cls_positions),
+                                _input_shape(input_ids, inputs_embeds))
         _, out = self.encode(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
                              deterministic, output_attentions, output_hidden_states,
-                                sequence_ids=sequence_ids, cls_positions=cls_positions)
+                             sequence_ids=sequence_ids, cls_positions=cls_positions)
         logits = BertOnlyNSPHead(self.config, name="cls")(out.pooler_output)
         loss = None if labels is None else losses.next_sentence_loss(logits, labels)
         return NextSentencePredictorOutput(loss=loss, logits=logits, hidden_states=out.hidden_states,
@@ -213,9 +245,11 @@ class BertForSequenceClassification(_BertTaskModel):
                  head_mask=None, inputs_embeds=None, labels=None, sequence_ids=None, cls_positions=None, *,
                  deterministic=True, output_attentions=False, output_hidden_states=False):
         cfg = self.config
+        losses.validate_targets(cfg, "sequence_classification", dict(labels=labels, cls_positions=cls_positions),
+                                _input_shape(input_ids, inputs_embeds))
         _, out = self.encode(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
                              deterministic, output_attentions, output_hidden_states,
-                                sequence_ids=sequence_ids, cls_positions=cls_positions)
+                             sequence_ids=sequence_ids, cls_positions=cls_positions)
         pooled = _classifier_dropout(cfg)(out.pooler_output, deterministic=deterministic)
         logits = _classifier(cfg, cfg.num_labels)(pooled)
         loss = None if labels is None else losses.sequence_classification_loss(logits, labels, cfg.problem_type)
@@ -231,11 +265,31 @@ class BertForMultipleChoice(_BertTaskModel):
                  head_mask=None, inputs_embeds=None, labels=None, *, deterministic=True, output_attentions=False,
                  output_hidden_states=False):
         cfg = self.config
-        ref = input_ids if input_ids is not None else inputs_embeds
-        if ref is None or ref.ndim < 3:
-            raise ValueError("BertForMultipleChoice expects input_ids [batch, num_choices, seq] "
-                             "or inputs_embeds [batch, num_choices, seq, hidden]")
-        batch, choices = ref.shape[:2]
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("BertForMultipleChoice: pass exactly one of input_ids [batch, num_choices, seq] or "
+                             "inputs_embeds [batch, num_choices, seq, hidden]")
+        if input_ids is not None and input_ids.ndim != 3:
+            raise ValueError(f"BertForMultipleChoice: input_ids must be [batch, num_choices, seq], got shape "
+                             f"{tuple(input_ids.shape)}")
+        if inputs_embeds is not None and inputs_embeds.ndim != 4:
+            raise ValueError(f"BertForMultipleChoice: inputs_embeds must be [batch, num_choices, seq, hidden], got "
+                             f"shape {tuple(inputs_embeds.shape)}")
+        batch, choices, seq = _input_shape(input_ids, inputs_embeds)
+        if seq == 0:
+            name = "input_ids" if input_ids is not None else "inputs_embeds"
+            raise ValueError(f"BertForMultipleChoice: {name} has sequence length 0; every choice needs at least one "
+                             f"token ([CLS])")
+        allowed = {"attention_mask": ((batch, choices, seq), (batch, choices, seq, seq)),
+                   "token_type_ids": ((batch, choices, seq),), "position_ids": ((batch, choices, seq), (1, seq))}
+        for name, x in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids),
+                        ("position_ids", position_ids)):
+            if x is not None and tuple(x.shape) not in allowed[name]:
+                raise ValueError(f"BertForMultipleChoice: {name} has shape {tuple(x.shape)}; expected "
+                                 f"{' or '.join(str(list(a)) for a in allowed[name])} ([batch, num_choices, seq])")
+        if labels is not None and tuple(labels.shape) != (batch,):
+            raise ValueError(f"BertForMultipleChoice: labels has shape {tuple(labels.shape)}; expected [batch={batch}] "
+                             f"(the index of the right choice)")
+        losses.validate_targets(cfg, "multiple_choice", dict(labels=labels), (batch, choices, seq))
         flat = lambda x, keep: None if x is None else x.reshape((-1,) + x.shape[2:] if keep else (-1, x.shape[-1]))
         _, out = self.encode(flat(input_ids, False), flat(attention_mask, attention_mask is not None
                                                           and attention_mask.ndim == 4),
@@ -258,9 +312,11 @@ class BertForTokenClassification(_BertTaskModel):
                  head_mask=None, inputs_embeds=None, labels=None, sequence_ids=None, *,
                  deterministic=True, output_attentions=False, output_hidden_states=False):
         cfg = self.config
+        losses.validate_targets(cfg, "token_classification", dict(labels=labels),
+                                _input_shape(input_ids, inputs_embeds))
         _, out = self.encode(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
                              deterministic, output_attentions, output_hidden_states,
-                                sequence_ids=sequence_ids)
+                             sequence_ids=sequence_ids)
         hidden = _classifier_dropout(cfg)(out.last_hidden_state, deterministic=deterministic)
         logits = _classifier(cfg, cfg.num_labels)(hidden)
         loss = None if labels is None else losses.token_classification_loss(logits, labels)
@@ -277,9 +333,11 @@ class BertForQuestionAnswering(_BertTaskModel):
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                  head_mask=None, inputs_embeds=None, start_positions=None, end_positions=None,
                  sequence_ids=None, *, deterministic=True, output_attentions=False, output_hidden_states=False):
+        """Start/end positions outside [0, L] are clamped to L and ignored, negative ones to 0, as
+        transformers does (see `losses.question_answering_loss`)."""
         _, out = self.encode(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
                              deterministic, output_attentions, output_hidden_states,
-                                sequence_ids=sequence_ids)
+                             sequence_ids=sequence_ids)
         logits = _classifier(self.config, 2, "qa_outputs")(out.last_hidden_state)
         start_logits, end_logits = logits[..., 0], logits[..., 1]
         loss = None

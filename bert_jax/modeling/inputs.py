@@ -49,6 +49,10 @@ def validate_inputs(config: BertConfig, input_ids, attention_mask, token_type_id
                              f"got shape {tuple(inputs_embeds.shape)}")
         batch, seq = inputs_embeds.shape[:2]
 
+    if seq == 0:
+        name, given = ("input_ids", input_ids) if input_ids is not None else ("inputs_embeds", inputs_embeds)
+        raise ValueError(f"{name} has sequence length 0 (shape {tuple(given.shape)}); every row needs at least "
+                         f"one token ([CLS])")
     limit = cache_length if cache_length is not None else config.max_position_embeddings
     if seq > config.max_position_embeddings:
         raise ValueError(f"sequence length {seq} exceeds max_position_embeddings="

@@ -86,11 +86,11 @@ class BertModel(nn.Module):
                                          (jnp.ones((batch, seq), jnp.int32), encoder_attention_mask.astype(jnp.int32)))
         if head_mask is not None:
             head_mask = jnp.asarray(head_mask)
-            if head_mask.ndim == 1:
-                head_mask = jnp.broadcast_to(head_mask, (cfg.num_hidden_layers, cfg.num_attention_heads))
-            if head_mask.shape != (cfg.num_hidden_layers, cfg.num_attention_heads):
+            if head_mask.shape not in ((cfg.num_attention_heads,), (cfg.num_hidden_layers, cfg.num_attention_heads)):
                 raise ValueError(f"head_mask must be [num_heads] or [num_layers, num_heads] = "
                                  f"{(cfg.num_hidden_layers, cfg.num_attention_heads)}, got {head_mask.shape}")
+            if head_mask.ndim == 1:
+                head_mask = jnp.broadcast_to(head_mask, (cfg.num_hidden_layers, cfg.num_attention_heads))
 
         last, all_hidden, attentions, cross = BertEncoder(cfg, name="encoder")(
             hidden, mask, head_mask, encoder_hidden_states, encoder_mask, deterministic, output_attentions,

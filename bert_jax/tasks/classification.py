@@ -160,6 +160,9 @@ class TextClassificationTask(TextPairTask):
             return None
         if self._label_names is None:  # sorted labels of the training file
             path, columns, rows = self._read("train")
+            if not self.config.get("label_column", ""):
+                raise ValueError("config.task.label_column must name the column holding the labels")
+            readers.require_columns(path, columns, [self.config.label_column])
             names = set()
             for row in rows:
                 names.update(self._raw_labels(path, row))

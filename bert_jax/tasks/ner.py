@@ -12,6 +12,13 @@ special tokens and padding get -100 (ignored by the loss). Sentences longer than
 truncated (counted and logged); their cut-off words are predicted "O" so the metric still counts every
 gold entity. Predictions map back from first pieces to one tag per word; metrics are seqeval's
 entity-level precision/recall/F1.
+
+Words the tokenizer turns into no word piece at all (a lone zero-width space "\u200b" or soft hyphen
+"\xad", which BERT's normalizer deletes, or only accents that accent stripping removes) have no position
+to be labelled or predicted at. transformers' `run_ner` example gives such a word no label (its labels
+sit on tokens, via `word_ids()`) and scores only labelled tokens, so the word is dropped from both the
+gold and the predicted sequence; here too: `postprocess` predicts None for it, `metrics` leaves it out of
+both sequences, and the predictions file writes "O" for it (one line per word, aligned with the input).
 """
 
 from __future__ import annotations
@@ -43,9 +50,12 @@ class NerExample:
 
 @dataclasses.dataclass
 class NerMeta:
-    """`word_index` int32 [N, seq]: the word whose first piece sits at each position, -1 elsewhere."""
+    """`word_index` int32 [N, seq]: the word whose first piece sits at each position, -1 elsewhere.
+    `pieceless`: per example, bool [num_words], True for words the tokenizer turns into no word piece
+    (even untruncated); they are not scored (see the module docstring)."""
 
     word_index: np.ndarray
+    pieceless: Optional[List[np.ndarray]] = None
 
 
 def read_conll(path: str) -> List[NerExample]:
@@ -60,16 +70,19 @@ def read_conll(path: str) -> List[NerExample]:
             sentences.append(NerExample(list(words), None if tags[0] is None else list(tags)))
         words.clear(), tags.clear()
 
-    with open(path, encoding="utf-8") as f:
-        line_number = 0
-        for line_number, line in enumerate(f, start=1):
-            columns = line.split()
-            if not columns or columns[0] == "-DOCSTART-":
-                flush(line_number)
-                continue
-            words.append(columns[0])
-            tags.append(columns[-1] if len(columns) > 1 else None)
-        flush(line_number)
+    try:
+        with open(path, encoding="utf-8") as f:
+            line_number = 0
+            for line_number, line in enumerate(f, start=1):
+                columns = line.split()
+                if not columns or columns[0] == "-DOCSTART-":
+                    flush(line_number)
+                    continue
+                words.append(columns[0])
+                tags.append(columns[-1] if len(columns) > 1 else None)
+            flush(line_number)
+    except UnicodeDecodeError as e:
+        raise readers.not_utf8(path, e) from None
     if not sentences:
         raise ValueError(f"{path} holds no sentences")
     return sentences
@@ -87,24 +100,35 @@ def align_to_words(examples: List[NerExample], tokenizer, max_seq_length: int):
     The sentence is tokenized as its words joined by spaces, and every piece is assigned to the word
     whose character span holds the piece's start offset. (The tokenizer's own word ids count the
     pre-tokenizer's words, which split punctuation: 'U.S.' is four of them but one CoNLL word.)
-    Returns (encoded inputs dict, word_index int32 [N, seq], number of truncated sentences).
+    Returns (encoded inputs dict, word_index int32 [N, seq], number of truncated sentences, pieceless:
+    per sentence a bool [num_words] array, True for words with no word piece even untruncated).
     """
     texts = [" ".join(e.words) for e in examples]
     encoded = tokenizer(texts, truncation=True, padding="max_length", max_length=max_seq_length,
                         return_offsets_mapping=True, return_word_ids=True)
-    offsets, tokenizer_words = encoded["offset_mapping"], encoded["word_ids"]
-    word_index = np.full(tokenizer_words.shape, -1, np.int32)
+    word_index = np.full(encoded["word_ids"].shape, -1, np.int32)
     for i, example in enumerate(examples):
-        starts = word_starts(example.words)
-        pieces = np.flatnonzero(tokenizer_words[i] >= 0)  # real tokens (not [CLS]/[SEP]/[PAD])
-        owner = np.searchsorted(starts, offsets[i, pieces, 0], side="right") - 1
+        pieces, owner = _piece_owners(example.words, encoded["offset_mapping"][i], encoded["word_ids"][i])
         first = np.ones(len(pieces), bool)
         first[1:] = owner[1:] != owner[:-1]
         word_index[i, pieces[first]] = owner[first]
-    full_lengths = tokenizer(texts, padding="longest")["attention_mask"].sum(-1)
-    truncated = int((full_lengths > max_seq_length).sum())
+    full = tokenizer(texts, padding="longest", return_offsets_mapping=True, return_word_ids=True)
+    truncated = int((full["attention_mask"].sum(-1) > max_seq_length).sum())
+    pieceless = []
+    for i, example in enumerate(examples):
+        _, owner = _piece_owners(example.words, full["offset_mapping"][i], full["word_ids"][i])
+        empty = np.ones(len(example.words), bool)
+        empty[owner] = False
+        pieceless.append(empty)
     inputs = {k: np.asarray(encoded[k], np.int32) for k in ("input_ids", "token_type_ids", "attention_mask")}
-    return inputs, word_index, truncated
+    return inputs, word_index, truncated, pieceless
+
+
+def _piece_owners(words: List[str], offsets: np.ndarray, tokenizer_words: np.ndarray):
+    """(positions of the real pieces of one encoded sentence, the word each of them starts in)."""
+    pieces = np.flatnonzero(tokenizer_words >= 0)  # real tokens (not [CLS]/[SEP]/[PAD])
+    owner = np.searchsorted(word_starts(words), offsets[pieces, 0], side="right") - 1
+    return pieces, owner
 
 
 class NerTask(Task):
@@ -182,7 +206,7 @@ class NerTask(Task):
         """inputs [N, seq]; labels [N, seq] (tag id on each word's first piece, -100 elsewhere)."""
         if not examples:
             raise ValueError("no examples to featurize")
-        inputs, word_index, truncated = align_to_words(examples, tokenizer, max_seq_length)
+        inputs, word_index, truncated, pieceless = align_to_words(examples, tokenizer, max_seq_length)
         if truncated:
             logger.warning("NER %s: %d of %d sentences are longer than max_seq_length=%d word pieces; their "
                            "cut-off words are predicted 'O'", split, truncated, len(examples), max_seq_length)
@@ -194,36 +218,51 @@ class NerTask(Task):
                 positions = np.flatnonzero(word_index[i] >= 0)
                 label_ids[i, positions] = [ids[example.tags[w]] for w in word_index[i, positions]]
             labels = {"labels": label_ids}
-        return Features(inputs, labels, NerMeta(word_index))
+        dropped = sum(int(p.sum()) for p in pieceless)
+        if dropped:
+            logger.warning("NER %s: %d word(s) become no word piece (e.g. a lone zero-width space); they are "
+                           "not labelled or scored, as in transformers' run_ner", split, dropped)
+        return Features(inputs, labels, NerMeta(word_index, pieceless))
 
     # ---- evaluation -----------------------------------------------------------------------------------
-    def postprocess(self, outputs, features, examples) -> List[List[str]]:
+    def postprocess(self, outputs, features, examples) -> List[List[Optional[str]]]:
         """One tag per word (logits [N, seq, num_labels] read at each word's first piece; "O" for words
-        that were truncated away)."""
+        that were truncated away; None for words with no word piece, which are not scored)."""
         predicted = np.asarray(outputs["logits"]).argmax(-1)
         word_index = features.meta.word_index
+        pieceless = features.meta.pieceless
         names = self.label_names()
         tags = []
         for i, example in enumerate(examples):
-            sentence = ["O"] * len(example.words)
+            sentence: List[Optional[str]] = ["O"] * len(example.words)
             for position in np.flatnonzero(word_index[i] >= 0):
                 sentence[word_index[i, position]] = names[predicted[i, position]]
+            for j in np.flatnonzero(pieceless[i]) if pieceless is not None else ():
+                sentence[j] = None
             tags.append(sentence)
         return tags
 
     def metrics(self, predictions, examples) -> Dict[str, float]:
+        """seqeval entity scores over the words that have a prediction (None = no word piece: left out
+        of both the gold and the predicted sequence, as transformers' run_ner does)."""
         if any(e.tags is None for e in examples):
             raise ValueError("cannot compute NER metrics: the split has no gold tags")
-        return metrics.entity_metrics([e.tags for e in examples], predictions)
+        gold, predicted = [], []
+        for example, tags in zip(examples, predictions):
+            keep = [j for j, tag in enumerate(tags) if tag is not None]
+            gold.append([example.tags[j] for j in keep])
+            predicted.append([tags[j] for j in keep])
+        return metrics.entity_metrics(gold, predicted)
 
     def write_predictions(self, predictions, examples, path) -> None:
-        """CoNLL columns: `word gold predicted` (or `word predicted` unlabelled), blank line per sentence."""
+        """CoNLL columns: `word gold predicted` (or `word predicted` unlabelled), blank line per sentence;
+        a word with no word piece (prediction None) reads "O"."""
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "w", encoding="utf-8") as f:
             for example, tags in zip(examples, predictions):
                 for j, (word, tag) in enumerate(zip(example.words, tags)):
                     gold = f" {example.tags[j]}" if example.tags is not None else ""
-                    f.write(f"{word}{gold} {tag}\n")
+                    f.write(f"{word}{gold} {tag or 'O'}\n")
                 f.write("\n")
 
     def predictions_filename(self, split: str) -> str:

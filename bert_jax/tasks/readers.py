@@ -45,6 +45,12 @@ def format_of(path: str, file_format: str = "") -> str:
     return by_ext[ext]
 
 
+def not_utf8(path: str, error: UnicodeDecodeError) -> ValueError:
+    """The error for a data file that is not UTF-8 text, naming the file and the first bad byte."""
+    return ValueError(f"{path} is not UTF-8 text (byte 0x{error.object[error.start]:02x}: {error.reason}); save it "
+                      f"as UTF-8")
+
+
 def read_delimited(path: str, delimiter: str, *, header: bool = True, quoting: bool = True,
                    fieldnames: Optional[Sequence[str]] = None) -> tuple[List[str], List[Dict[str, Any]]]:
     """Rows of a CSV/TSV file as dicts: (column names, rows).
@@ -60,6 +66,13 @@ def read_delimited(path: str, delimiter: str, *, header: bool = True, quoting: b
     kwargs = dict(delimiter=delimiter, quoting=csv.QUOTE_MINIMAL if quoting else csv.QUOTE_NONE)
     if not quoting:
         kwargs["quotechar"] = None
+    try:
+        return _read_delimited(path, kwargs, header, fieldnames)
+    except UnicodeDecodeError as e:
+        raise not_utf8(path, e) from None
+
+
+def _read_delimited(path, kwargs, header, fieldnames):
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f, **kwargs)
         try:
@@ -88,6 +101,13 @@ def read_delimited(path: str, delimiter: str, *, header: bool = True, quoting: b
 def read_jsonl(path: str) -> tuple[List[str], List[Dict[str, Any]]]:
     """Objects of a JSON-lines file: (keys seen in any row, rows); malformed lines raise with their number."""
     path = require_file(path)
+    try:
+        return _read_jsonl(path)
+    except UnicodeDecodeError as e:
+        raise not_utf8(path, e) from None
+
+
+def _read_jsonl(path):
     rows, keys = [], {}
     with open(path, encoding="utf-8-sig") as f:
         for line_number, line in enumerate(f, start=1):
@@ -121,7 +141,9 @@ def require_columns(path: str, columns_found: Iterable[str], needed: Iterable[st
     found = [c for c in columns_found if c != "__line__"]
     missing = [c for c in needed if c and c not in found]
     if missing:
-        raise ValueError(f"{path} has no column(s) {missing}; the columns found are {found}")
+        names = ", ".join(repr(c) for c in missing)
+        raise ValueError(f"{path} has no column{'s' if len(missing) > 1 else ''} {names}; the columns found are "
+                         f"{found}")
 
 
 def cap(examples: List[Any], limit: int) -> List[Any]:

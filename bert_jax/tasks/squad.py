@@ -101,6 +101,8 @@ def read_squad_json(path: str, version: int) -> List[SquadExample]:
             dataset = json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path} is not valid JSON: {e}") from None
+        except UnicodeDecodeError as e:
+            raise readers.not_utf8(path, e) from None
     if not isinstance(dataset, dict) or not isinstance(dataset.get("data"), list):
         raise ValueError(f"{path} is not a SQuAD file: expected a JSON object with a 'data' list of articles")
     examples, seen = [], set()
