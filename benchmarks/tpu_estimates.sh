@@ -15,7 +15,7 @@ run() {  # name topology size seq impl [extra flags...]
   [ -s "$OUT/$name.json" ] && return 0
   echo "== $name ($(date -u +%H:%M:%S))"
   # bf16 compute, fp32 params; attention dropout 0 in every row so xla and the fused kernel compute
-  # the same thing (with attention dropout 0.1 every kernel falls back to xla).
+  # the same thing (with attention dropout 0.1, pallas_tpu hands training to the flash kernel).
   .venv/bin/python -m bert_jax.aot --config="configs/pretrain.py:size=$size,seq=$seq" --topology="$topo" \
     --vocab_size=30522 --fallback=false --config.model.dtype=bfloat16 \
     --config.model.attention_probs_dropout_prob=0.0 --config.model.attention_impl="$impl" "$@" \
