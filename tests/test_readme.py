@@ -196,9 +196,12 @@ def prepare(command, place, workdir):
     words = shlex.split(out)
     mapped = []
     for word in words:
+        # README paths under /tmp/ (a flag's value, or a bare path) go to this test's directory; the
+        # interpreter is substituted after that, since it may itself live under /tmp/ (a CI clone).
+        word = re.sub(r"(^|=)/tmp/", lambda m: m.group(1) + place["/tmp/"], word)
         if word in ("python", ".venv/bin/python"):
             word = sys.executable
-        word = re.sub(r"(?<==)W$", workdir, word.replace("/tmp/", place["/tmp/"]))
+        word = re.sub(r"(?<==)W$", workdir, word)
         for key, value in place.items():
             if key not in ("/tmp/", "W") and not key.startswith("_"):
                 word = word.replace(f"={key}", f"={value}")
