@@ -393,3 +393,70 @@ def test_restore_on_a_different_mesh(corpus, tmp_path):
     step, params = _final_params(workdir)
     assert step == 8
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+def _truncate_largest_array_file(step_dir):
+    files = [os.path.join(root, name) for root, _, names in os.walk(os.path.join(step_dir, "state"))
+             for name in names]
+    largest = max(files, key=os.path.getsize)
+    with open(largest, "r+b") as f:
+        f.truncate(os.path.getsize(largest) // 2)
+    return largest
+
+
+@pytest.mark.parametrize("corrupt_steps", [(8,), (4, 8)], ids=["final", "all"])
+def test_rerun_after_corrupt_checkpoints_continues_to_the_same_end(corpus, uninterrupted, corrupt_steps, tmp_path,
+                                                                   caplog):
+    """A finished run whose final (or a middle) checkpoint was truncated, rerun with the same command,
+    falls back, trains to the end, saves the retrained step again (the unreadable one kept aside for
+    inspection) and ends with the uninterrupted run's params, bit for bit; with every checkpoint
+    unreadable it refuses to start over."""
+    import shutil
+    from bert_jax.training import trainer
+    workdir = str(tmp_path / "run")
+    shutil.copytree(uninterrupted[0], workdir)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    for step in corrupt_steps:
+        _truncate_largest_array_file(os.path.join(ckpt_dir, str(step)))
+    config = _config(corpus, steps_total=8, eval_every=4, best_metric="mlm_accuracy",
+                     peak_tflops_per_device=PEAK_TFLOPS_PER_DEVICE)
+    if corrupt_steps == (4, 8):
+        with pytest.raises(RuntimeError, match="refusing to start over"):
+            trainer.train_and_evaluate(config, workdir)
+        return
+    with caplog.at_level("WARNING"):
+        trainer.train_and_evaluate(config, workdir)
+    step, params = _final_params(workdir)
+    _, reference = _final_params(uninterrupted[0])
+    assert step == 8
+    jax.tree.map(np.testing.assert_array_equal, params, reference)
+    kept_aside = [name for name in os.listdir(ckpt_dir) if "unreadable" in name]
+    assert len(kept_aside) == 1 and kept_aside[0].startswith("8.unreadable-"), os.listdir(ckpt_dir)
+    ckpt = checkpoints.Checkpointer(ckpt_dir)
+    assert ckpt.all_steps() == [4, 8]
+    ckpt.close()
+
+
+def test_due_save_after_falling_back_over_a_corrupt_middle_checkpoint_is_written(tmp_path):
+    """Checkpoints 1, 2, 3 with 2 and 3 unreadable: restore falls back to 1, and the retrained steps' saves
+    are written again (orbax would skip a due save at a step that exists, keeping the damaged files)."""
+    directory = tmp_path / "checkpoints"
+    ckpt = checkpoints.Checkpointer(directory, save_every=1, keep=0, async_save=False)
+    state = {"w": np.random.RandomState(0).randn(4096).astype(np.float32)}  # its data file is the largest
+    for step in (1, 2, 3):
+        ckpt.save(step, {"w": state["w"] + step}, {"position": step})
+    ckpt.close()
+    for step in (2, 3):
+        _truncate_largest_array_file(os.path.join(directory, str(step)))
+    ckpt = checkpoints.Checkpointer(directory, save_every=1, keep=0, async_save=False)
+    target = {"w": jax.ShapeDtypeStruct((4096,), np.float32)}
+    step, restored, data_state = ckpt.restore(target)
+    assert step == 1 and data_state == {"position": 1}
+    np.testing.assert_array_equal(restored["w"], state["w"] + 1)
+    assert ckpt.save(2, {"w": state["w"] + 20}, {"position": 2})
+    ckpt.wait()
+    step, restored, _ = ckpt.restore(target)
+    assert step == 2
+    np.testing.assert_array_equal(restored["w"], state["w"] + 20)
+    assert sorted(name.split(".")[0] for name in os.listdir(directory) if "unreadable" in name) == ["2", "3"]
+    ckpt.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from typing import Any, Callable, Mapping, Optional, Tuple
 
 import jax
@@ -104,9 +105,28 @@ class Checkpointer:
                 continue
             if errors:
                 logger.warning("restored step %d after skipping %d unreadable checkpoint(s)", candidate, len(errors))
+                self._set_aside([s for s in steps if s > candidate])
             return candidate, restored[STATE], dict(restored[DATA] or {})
         raise RuntimeError(f"{self.directory} holds checkpoints {steps} but none could be restored; refusing to "
                            "start over. Errors:\n" + "\n".join(errors))
+
+    def _set_aside(self, unreadable: list) -> None:
+        """Renames unreadable checkpoints newer than the restored one to `<step>.unreadable-<time>`: the
+        run retrains those steps and must be able to save them again (orbax refuses to overwrite a step,
+        and skips a due save at an existing one), while the damaged files stay for inspection."""
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        if jax.process_index() == 0:
+            for step in unreadable:
+                source = self.directory / str(step)
+                if source.exists():
+                    target = self.directory / f"{step}.unreadable-{stamp}"
+                    source.rename(target)
+                    logger.warning("moved the unreadable checkpoint %s to %s; its step will be trained and saved "
+                                   "again", source, target)
+        if jax.process_count() > 1:  # every process sees the renames before anyone saves
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices("bert_jax_checkpoints_set_aside")
+        self.manager.reload()
 
     def read(self, step: Optional[int] = None) -> Tuple[Any, dict]:
         """(state, data_state) of `step` (default newest) as saved, without a restore target
