@@ -460,3 +460,22 @@ def test_due_save_after_falling_back_over_a_corrupt_middle_checkpoint_is_written
     np.testing.assert_array_equal(restored["w"], state["w"] + 20)
     assert sorted(name.split(".")[0] for name in os.listdir(directory) if "unreadable" in name) == ["2", "3"]
     ckpt.close()
+
+
+def test_refusal_is_the_last_line_when_every_checkpoint_is_unreadable(corpus, uninterrupted, tmp_path):
+    """orbax's abandoned reads of a failed restore print "Event loop is closed" tracebacks, asyncio
+    "exception was never retrieved" errors and TensorStore spec dumps (up to thousands of lines, some at
+    interpreter exit, in about one run in four); the refusal must be what the user reads last."""
+    import shutil
+    workdir = str(tmp_path / "run")
+    shutil.copytree(uninterrupted[0], workdir)
+    for step in (4, 8):
+        _truncate_largest_array_file(os.path.join(workdir, "checkpoints", str(step)))
+    for attempt in range(3):
+        proc = _main(corpus, workdir, background=True)
+        out, _ = proc.communicate(timeout=300)
+        lines = out.strip().splitlines()
+        assert proc.returncode == 1, out[-3000:]
+        assert lines[-1].startswith("bert_jax: RuntimeError: ") and "refusing to start over" in lines[-1], out[-3000:]
+        assert len(lines) <= 4 and "Event loop is closed" not in out and "'driver'" not in out, (attempt, out[-3000:])
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "8"]  # nothing moved or deleted

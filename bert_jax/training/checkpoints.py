@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
+import warnings
 import time
 from typing import Any, Callable, Mapping, Optional, Tuple
 
@@ -94,12 +96,14 @@ class Checkpointer:
         if not steps:
             return None
         errors = []
+        _silence_failed_restore_leftovers()  # installed first: the leftovers start before orbax raises
         for candidate in steps:
             try:
                 restored = self.manager.restore(candidate, args=ocp.args.Composite(**{
                     STATE: ocp.args.StandardRestore(abstract_state), DATA: ocp.args.JsonRestore()}))
             except Exception as e:  # orbax raises many types for missing/corrupt files
-                errors.append(f"step {candidate}: {type(e).__name__}: {str(e)[:300]}")
+                _leftovers.restore_failed = True
+                errors.append(f"step {candidate}: {_short_error(e)}")
                 logger.warning("checkpoint at step %d in %s cannot be restored (%s); trying an older one",
                                candidate, self.directory, errors[-1])
                 continue
@@ -108,7 +112,7 @@ class Checkpointer:
                 self._set_aside([s for s in steps if s > candidate])
             return candidate, restored[STATE], dict(restored[DATA] or {})
         raise RuntimeError(f"{self.directory} holds checkpoints {steps} but none could be restored; refusing to "
-                           "start over. Errors:\n" + "\n".join(errors))
+                           "start over (move them away, or use another workdir, to train from scratch). Errors:\n" + "\n".join(errors))
 
     def _set_aside(self, unreadable: list) -> None:
         """Renames unreadable checkpoints newer than the restored one to `<step>.unreadable-<time>`: the
@@ -139,6 +143,54 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _short_error(error: Exception) -> str:
+    """One line for a failed restore: orbax's messages carry a multi-line TensorStore spec dump."""
+    text = str(error).split("See full TensorStore details")[0].strip()
+    text = " ".join(text.split())
+    return f"{type(error).__name__}: {text[:240]}{'...' if len(text) > 240 else ''}"
+
+
+class _Leftovers:
+    silenced = False  # the filters below are installed (once per process)
+    restore_failed = False  # a restore has failed in this process: abandoned reads may report later
+
+
+_leftovers = _Leftovers()
+
+
+def _silence_failed_restore_leftovers() -> None:
+    """After a failed restore, orbax's other array reads are still in flight on an event loop that is
+    already closed: TensorStore's threads and the coroutines' finalizers then report "Event loop is
+    closed" and the same read error as unraisable exceptions, hundreds of tracebacks (some at
+    interpreter exit), burying the error this module reports. Those, and only those, are dropped
+    (counted in a debug log line); every other unraisable exception reaches the previous hook."""
+    if _leftovers.silenced:
+        return
+    _leftovers.silenced = True
+    previous = sys.unraisablehook
+    dropped = [0]
+
+    def hook(unraisable):
+        message = str(unraisable.exc_value)
+        if ((isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in message)
+                or message.startswith("Encountered error while reading array index")):
+            dropped[0] += 1
+            if dropped[0] == 1:
+                logger.debug("dropping orbax's leftover errors of a failed restore (%s)", message[:80])
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook
+    warnings.filterwarnings("ignore", message=r"coroutine '_read_array_index_and_device_put' was never awaited")
+    logging.getLogger("asyncio").addFilter(_drop_failed_read_tasks)
+
+
+def _drop_failed_read_tasks(record: logging.LogRecord) -> bool:
+    """asyncio's "Task/Future exception was never retrieved" for orbax's abandoned array reads (see
+    above; bert_jax runs no asyncio of its own, so after a failed restore these are those reads)."""
+    return not (_leftovers.restore_failed and "exception was never retrieved" in record.getMessage())
 
 
 def _metric_value(name: str, metrics: Mapping[str, Any]) -> float:
