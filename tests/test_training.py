@@ -479,3 +479,22 @@ def test_refusal_is_the_last_line_when_every_checkpoint_is_unreadable(corpus, un
         assert lines[-1].startswith("bert_jax: RuntimeError: ") and "refusing to start over" in lines[-1], out[-3000:]
         assert len(lines) <= 4 and "Event loop is closed" not in out and "'driver'" not in out, (attempt, out[-3000:])
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "8"]  # nothing moved or deleted
+
+
+@pytest.mark.parametrize("mode", ["max", "min"])
+def test_a_nan_first_metric_does_not_freeze_the_best(tmp_path, mode):
+    """STS-B's correlation of constant predictions is NaN; a NaN first evaluation must rank worst, not
+    win forever (`value >= nan` is always false), in the fine-tuning tracker and in orbax's keeping."""
+    from bert_jax.training.finetune import _update_best
+    sign = 1.0 if mode == "max" else -1.0
+    scores = {1: float("nan"), 2: 0.4, 3: 0.7, 4: float("nan"), 5: 0.5}
+    tracker = {"best_step": None, "best_value": None, "best": {}}
+    ckpt = checkpoints.Checkpointer(str(tmp_path / "ckpt"), save_every=1, keep=1, best_metric="dev/pearson",
+                                    best_mode=mode, async_save=False)
+    for step, score in scores.items():
+        flat = {"dev/pearson": sign * score}
+        _update_best(tracker, step, {"dev": {"pearson": sign * score}}, flat, "dev/pearson", mode)
+        ckpt.save(step, {"w": jnp.full((3,), float(step))}, metrics=flat)
+    assert tracker["best_step"] == 3 and tracker["best_value"] == sign * 0.7
+    assert ckpt.best_step() == 3 and ckpt.all_steps() == [3, 5]
+    ckpt.close()

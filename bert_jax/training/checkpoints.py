@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import sys
 import warnings
 import time
@@ -49,7 +50,7 @@ class Checkpointer:
         policy = latest
         best_fn = None
         if self.best_metric:
-            best_fn = functools.partial(_metric_value, self.best_metric)
+            best_fn = functools.partial(_metric_value, self.best_metric, mode=best_mode)
             policy = ocp.checkpoint_managers.AnyPreservationPolicy([latest, ocp.checkpoint_managers.BestN(
                 get_metric_fn=best_fn, reverse=best_mode == "min", n=1, keep_checkpoints_without_metrics=False)])
         options = ocp.CheckpointManagerOptions(
@@ -193,10 +194,19 @@ def _drop_failed_read_tasks(record: logging.LogRecord) -> bool:
     return not (_leftovers.restore_failed and "exception was never retrieved" in record.getMessage())
 
 
-def _metric_value(name: str, metrics: Mapping[str, Any]) -> float:
+def rank_value(value: float, mode: str) -> float:
+    """`value` for ranking checkpoints: NaN (a metric undefined at this step) ranks worst, where a plain
+    comparison would make every later value lose against it."""
+    value = float(value)
+    if math.isnan(value):
+        return -math.inf if mode == "max" else math.inf
+    return value
+
+
+def _metric_value(name: str, metrics: Mapping[str, Any], mode: str = "max") -> float:
     if name not in metrics:
         raise KeyError(f"best_metric {name!r} is not among the eval metrics {sorted(metrics)}")
-    return float(metrics[name])
+    return rank_value(metrics[name], mode)
 
 
 def abstract_like(tree: Any) -> Any:

@@ -290,9 +290,10 @@ def _update_best(tracker: dict, step: int, results: Dict[str, dict], flat: Dict[
         return
     if key not in flat:
         raise KeyError(f"metric_for_best {key!r} is not among the eval metrics {sorted(flat)}")
-    value, best = flat[key], tracker["best_value"]
+    value, best = checkpoints.rank_value(flat[key], mode), tracker["best_value"]
     # A tie goes to the later step, as in orbax's BestN (a stable sort, last wins): the step recorded
-    # here is then the one the checkpoint manager keeps and `evaluate`/`predict`/export restore.
+    # here is then the one the checkpoint manager keeps and `evaluate`/`predict`/export restore. A NaN
+    # metric (e.g. STS-B's correlation of constant predictions) ranks worst, as in the checkpointer.
     if best is None or (value >= best if mode == "max" else value <= best):
         tracker.update(best_step=step, best_value=value, best=_jsonable(results))
 
