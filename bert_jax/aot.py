@@ -238,7 +238,8 @@ def compile_train_step(config, devices: Sequence, vocab_size: Optional[int] = No
     model_config = trainer.build_model_config(config, vocab_size, 0)
     model = trainer.build_model(config, model_config)
     tx, schedule = make_optimizer(config.optim)
-    built = loop.build(config, model, tx, schedule, functools.partial(trainer.make_train_step, model), mesh, rules)
+    built = loop.build(config, model, tx, schedule, functools.partial(trainer.make_train_step, model), mesh, rules,
+                       functools.partial(trainer.pretraining_invalid_counts, model_config))
     state, params = built.abstract, built.abstract.params
     batch = abstract_batch(config, built.batch_sharding)
     with sharding.activation_context(mesh, rules):  # as the loop traces it

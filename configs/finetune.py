@@ -59,7 +59,10 @@ def base_config(task_name: str) -> ml_collections.ConfigDict:
     c.keep_checkpoints = 1  # the newest K (for resume) + the best on dev by the task's metric_for_best
     c.eval_step = -1  # mode=evaluate / predict: the checkpoint step to use; -1: the best
     c.async_checkpointing = True
-    c.on_nonfinite = "stop"
+    c.on_nonfinite = "stop"  # or "skip": leave the params of a non-finite step unchanged
+    # Ids, labels or positions out of range in a batch (counted inside the step): "stop" names the field
+    # and step; "skip" leaves that step's params unchanged and logs it.
+    c.on_invalid_data = "stop"
     c.progress_bar = True
     return c
 

@@ -77,7 +77,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.best_metric = ""  # eval metric whose best checkpoint is also kept (e.g. "mlm_accuracy"); "" = off
     c.best_mode = "max"  # "max" or "min" (for a loss)
     c.async_checkpointing = True
-    c.on_nonfinite = "stop"  # or "skip"
+    c.on_nonfinite = "stop"  # or "skip": leave the params of a non-finite step unchanged
+    # Ids, labels or positions out of range in a batch (counted inside the step): "stop" names the field
+    # and step; "skip" leaves that step's params unchanged and logs it.
+    c.on_invalid_data = "stop"
     c.init_from = ""  # HF checkpoint directory or bert_jax workdir (params only)
     c.profile_steps = 0
     c.progress_bar = True  # tqdm on the console (process 0, only when stderr is a terminal)

@@ -448,3 +448,34 @@ def test_micro_batches_match_one_big_batch():
                              for k in (1, 4)]
     np.testing.assert_allclose(m4["loss"], m1["loss"], rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), four.params, one.params)
+
+
+@pytest.mark.parametrize("on_invalid_data", ["stop", "skip"])
+def test_invalid_labels_stop_or_skip(vocab, tmp_path, monkeypatch, on_invalid_data):
+    """A class id out of range in a training batch: "stop" names the field, step and count (before any
+    save of that step); "skip" leaves that step's params unchanged and the loss finite."""
+    from bert_jax.training import loop
+    original, calls = finetune.FineTuningTask.next_batch, [0]
+
+    def next_batch(self):
+        batch = original(self)
+        calls[0] += 1
+        if calls[0] == 3:
+            batch = dict(batch, labels=np.array(batch["labels"]))
+            batch["labels"][:2] = [2, -1]  # 2 labels: 0 and 1 (and -100, ignored) are valid
+        return batch
+
+    monkeypatch.setattr(finetune.FineTuningTask, "next_batch", next_batch)
+    workdir = str(tmp_path / "run")
+    config = _config(vocab=vocab, **{**TOY, "num_epochs": 0.5, "eval_every": 0, "checkpoint_every": 1,
+                                     "keep_checkpoints": 0, "on_invalid_data": on_invalid_data})
+    if on_invalid_data == "stop":
+        with pytest.raises(loop.InvalidDataError, match=r"step 3: labels: 2 invalid entries \(must be in \[0, 2\) "
+                                                        r"\(num_labels=2\) or -100 \(ignored\)\)"):
+            finetune.train_and_evaluate(config, workdir)
+        return
+    finetune.train_and_evaluate(config, workdir)
+    before, _ = _params_at(workdir, 2)
+    after, _ = _params_at(workdir, 3)
+    jax.tree.map(np.testing.assert_array_equal, before, after)
+    assert all(np.isfinite(r["loss"]) for r in _records(workdir, "train"))

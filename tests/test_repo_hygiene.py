@@ -89,3 +89,21 @@ def test_setup_sh_replaces_a_venv_that_does_not_work(tmp_path, broken):
     proc = subprocess.run(["bash", "setup.sh", "venv"], cwd=repo, capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, PYTHON=sys.executable))
     assert proc.returncode == 0 and marker.exists() and "replacing" not in proc.stderr
+
+
+def test_ci_metrics_comparison_ignores_only_wall_clock_fields(tmp_path):
+    """.ci/compare_metrics.py (CI runs README command 1 twice and compares): equal apart from time and
+    rates passes; one float32 ulp in a loss fails, naming the step and field."""
+    import json
+
+    import numpy as np
+    record = {"step": 100, "split": "train", "time": 1.0, "loss": 7.754917621612549, "seq_per_s": 3.5, "mfu": 0.1}
+    first, same, other = tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "c.jsonl"
+    first.write_text(json.dumps(record) + "\n")
+    same.write_text(json.dumps(dict(record, time=2.0, seq_per_s=9.0, mfu=0.2)) + "\n")
+    other.write_text(json.dumps(dict(record, loss=float(np.nextafter(np.float32(record["loss"]), np.float32(8))))) + "\n")
+    script = os.path.join(ROOT, ".ci", "compare_metrics.py")
+    ok = subprocess.run([sys.executable, script, str(first), str(same)], capture_output=True, text=True)
+    assert ok.returncode == 0 and "metrics identical: 1 records" in ok.stdout, ok.stdout + ok.stderr
+    bad = subprocess.run([sys.executable, script, str(first), str(other)], capture_output=True, text=True)
+    assert bad.returncode == 1 and "step 100 (train) differs in ['loss']" in bad.stderr, bad.stdout + bad.stderr

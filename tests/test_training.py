@@ -4,6 +4,7 @@ accumulation, non-finite handling, restore on another mesh, command-line overrid
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -498,3 +499,77 @@ def test_a_nan_first_metric_does_not_freeze_the_best(tmp_path, mode):
     assert tracker["best_step"] == 3 and tracker["best_value"] == sign * 0.7
     assert ckpt.best_step() == 3 and ckpt.all_steps() == [3, 5]
     ckpt.close()
+
+
+def _corrupt_batch_at(monkeypatch, task_class, at_call, corrupt):
+    """Makes the task's `at_call`-th training batch (1-based) invalid via `corrupt(batch)`."""
+    original = task_class.next_batch
+    calls = [0]
+
+    def next_batch(self):
+        batch = original(self)
+        calls[0] += 1
+        if calls[0] == at_call:
+            batch = {k: np.array(v) for k, v in batch.items()}
+            corrupt(batch)
+        return batch
+
+    monkeypatch.setattr(task_class, "next_batch", next_batch)
+
+
+def _bad_pretraining_batch(batch):
+    batch["masked_lm_positions"][0, 0] = 32 + 5  # seq_len 32
+    batch["masked_lm_ids"][1, :2] = 10_000  # beyond the vocab
+    batch["masked_lm_weights"][1, :2] = 1.0
+
+
+def test_invalid_pretraining_data_stops_naming_field_step_and_count(corpus, tmp_path, monkeypatch):
+    from bert_jax.training import loop, trainer
+    _corrupt_batch_at(monkeypatch, trainer.PretrainingTask, 3, _bad_pretraining_batch)
+    with pytest.raises(loop.InvalidDataError) as error:
+        trainer.train_and_evaluate(_config(corpus, steps_total=8), str(tmp_path / "run"))
+    message = str(error.value)
+    assert "step 3" in message, message
+    assert "masked_lm_positions: 1 invalid entry (must be in [0, 32)" in message, message
+    assert re.search(r"masked_lm_ids: 2 invalid entries \(must be in \[0, (\d+)\) \(vocab_size=\1\)", message), message
+    assert "on_invalid_data=skip" in message
+    ckpt = checkpoints.Checkpointer(str(tmp_path / "run" / "checkpoints"))
+    assert ckpt.all_steps() == []  # the first save (step 4) comes after the check
+    ckpt.close()
+
+
+def test_invalid_pretraining_data_skip_leaves_that_step_out(corpus, tmp_path, monkeypatch, caplog):
+    """on_invalid_data=skip: the bad step does not update (the params after it equal those before), the
+    loss never turns NaN and the skipped step is counted in the log."""
+    from bert_jax.training import trainer
+    _corrupt_batch_at(monkeypatch, trainer.PretrainingTask, 4, _bad_pretraining_batch)
+    workdir = str(tmp_path / "run")
+    config = _config(corpus, steps_total=4, on_invalid_data="skip", checkpoint_every=1, keep_checkpoints=0)
+    with caplog.at_level("WARNING"):
+        trainer.train_and_evaluate(config, workdir)
+    assert any("step 4 skipped" in r.getMessage() and "masked_lm_positions" in r.getMessage() for r in caplog.records)
+    ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"))
+    (before, _), (after, _) = ckpt.read(3), ckpt.read(4)
+    ckpt.close()
+    jax.tree.map(np.testing.assert_array_equal, before["params"], after["params"])
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        train = [r for r in map(json.loads, f) if r["split"] == "train"]
+    assert train[-1]["step"] == 4 and train[-1]["skipped_steps"] == 1.0
+    assert all(np.isfinite(r["loss"]) for r in train) and not any(k.startswith("invalid_") for k in train[-1])
+
+
+def test_invalid_eval_data_stops_naming_the_field(corpus, tmp_path, monkeypatch):
+    """The held-out batches are checked too: an NSP label of 2 in an eval batch stops the evaluation."""
+    from bert_jax.training import data as training_data, loop, trainer
+    original = training_data.PretrainingData.eval_batches
+
+    def eval_batches(self):
+        for i, batch in enumerate(original(self)):
+            if i == 1:
+                batch = dict(batch, next_sentence_labels=np.full_like(batch["next_sentence_labels"], 2))
+            yield batch
+
+    monkeypatch.setattr(training_data.PretrainingData, "eval_batches", eval_batches)
+    with pytest.raises(loop.InvalidDataError, match=r"evaluation batches: next_sentence_labels: 8 invalid entries "
+                                                    r"\(must be in \[0, 2\)"):
+        trainer.train_and_evaluate(_config(corpus, steps_total=2, eval_every=2), str(tmp_path / "run"))

@@ -279,6 +279,12 @@ def invalid_counts(batch: Mapping[str, Any], config, head) -> Dict[str, jax.Arra
     return counts
 
 
+def requirements(batch: Mapping[str, Any], config, head) -> Dict[str, str]:
+    """{field: what a valid value is} for the fields `invalid_counts` checks in `batch` (arrays or
+    `jax.ShapeDtypeStruct`s: only shapes and dtypes are read), for error messages."""
+    return {rule.field: rule.describe() for rule in _rules(batch, config, head_kind(head))}
+
+
 def validate_targets(config, head, targets: Mapping[str, Any], input_shape) -> None:
     """Raises ValueError naming the first target field (labels, masked_positions, ...) holding an
     invalid value, with the value, how many are invalid and the valid range. Concrete arrays only:

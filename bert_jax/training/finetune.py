@@ -35,6 +35,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from bert_jax import sharding
+from bert_jax.modeling import losses
 from bert_jax.tasks import Features, Task
 from bert_jax.training import checkpoints, loop, paths, steps
 from bert_jax.training.finetune_setup import (INPUT_KEYS, BertTokenizer, Run, load_features,  # noqa: F401  (API)
@@ -214,6 +215,13 @@ class FineTuningTask(loop.LoopTask):
     def make_train_step(self, tx, schedule, micro_batches, skip_nonfinite):
         return make_train_step(self.model, tx, schedule, micro_batches, skip_nonfinite)
 
+    def invalid_counts(self, batch):
+        return losses.invalid_counts(batch, self.model.config, self.model)
+
+    def requirement(self, field: str) -> str:
+        shapes = {k: jax.ShapeDtypeStruct((1,) + v.shape[1:], v.dtype) for k, v in self.train_arrays.items()}
+        return losses.requirements(shapes, self.model.config, self.model).get(field, "")
+
     def initial_params(self, mesh, rules, shardings):
         return self.run.initial_params()
 
@@ -263,7 +271,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: paths.PathLik
     total, per_epoch, eval_every = plan_steps(config, len(train))
     tx, schedule = _optimizer(config, total)
     plug = FineTuningTask(run, train, dev, total, per_epoch, eval_every)
-    built = loop.build(config, run.model, tx, schedule, plug.make_train_step, run.mesh, run.rules)
+    built = loop.build(config, run.model, tx, schedule, plug.make_train_step, run.mesh, run.rules, plug.invalid_counts)
     ckpt = loop.make_checkpointer(config, run.workdir, plug)
     state = loop.init_or_restore(config, plug, built, ckpt)  # resume: nothing to load from init_from
     logger.info("fine-tuning %s: %d train features, %d steps (%d per epoch), eval every %s", task.name, len(train),

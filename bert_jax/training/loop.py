@@ -43,6 +43,13 @@ class NonFiniteError(RuntimeError):
     pass
 
 
+class InvalidDataError(ValueError):
+    pass
+
+
+INVALID = "invalid_"  # step metrics `invalid_<field>`: invalid entries of that batch field (not logged)
+
+
 class Preemption:
     """Turns SIGTERM into a flag the loop checks after each step (then saves and exits cleanly)."""
 
@@ -112,6 +119,15 @@ class LoopTask(abc.ABC):
         """Appended to the eval log line (e.g. the best step so far)."""
         return ""
 
+    def invalid_counts(self, batch: Dict[str, jax.Array]) -> Dict[str, jax.Array]:
+        """{batch field: number of invalid entries} of a global batch, jit-safe (`losses.invalid_counts`:
+        ids, labels, positions out of range); {} checks nothing."""
+        return {}
+
+    def requirement(self, field: str) -> str:
+        """What a valid value of batch `field` is, for the error that names it."""
+        return ""
+
 
 # ------------------------------------------------------------------------------------- the builder
 def make_mesh(config: ml_collections.ConfigDict, devices=None) -> Tuple[jax.sharding.Mesh, Any]:
@@ -151,16 +167,39 @@ class Built:
 
 
 def build(config: ml_collections.ConfigDict, model: nn.Module, tx: optax.GradientTransformation, schedule: Callable,
-          make_train_step: Callable, mesh, rules) -> Built:
+          make_train_step: Callable, mesh, rules, count_invalid: Optional[Callable] = None) -> Built:
     """The abstract sharded state and the jitted donating train step of `make_train_step(tx,
-    schedule, micro_batches, skip_nonfinite)` (what the loop runs and `bert_jax.aot` compiles)."""
+    schedule, micro_batches, skip_nonfinite)` (what the loop runs and `bert_jax.aot` compiles), with
+    `count_invalid(batch)` (a task's `invalid_counts`) checking each batch inside the step."""
     abstract = abstract_state(model, tx, mesh, rules, config.seed)
     state_shardings = shardings_of(abstract)
     batch_sharding = sharding.batch_sharding(mesh, rules)
     step_fn = make_train_step(tx, schedule, config.get("micro_batches", 1), config.on_nonfinite == "skip")
+    if count_invalid is not None:
+        step_fn = with_data_checks(step_fn, count_invalid, config.get("on_invalid_data", "stop") == "skip")
     train_step = jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding),
                          out_shardings=(state_shardings, None), donate_argnums=0)
     return Built(mesh, rules, tx, abstract, train_step, batch_sharding)
+
+
+def with_data_checks(step_fn: Callable, count_invalid: Callable, skip: bool) -> Callable:
+    """`step_fn` that also reports `invalid_<field>` counts of its batch (integer reductions, no host
+    sync: the loop reads them with the other metrics). With `skip`, a step whose batch has any invalid
+    entry leaves params and optimizer state as they were (the step counter advances, the batch is
+    consumed); otherwise the loop stops at its next sync point, before anything is saved."""
+
+    def step(state: steps.TrainState, batch):
+        counts = count_invalid(batch)
+        new_state, metrics = step_fn(state, batch)
+        metrics = dict(metrics, **{INVALID + field: count for field, count in counts.items()})
+        if skip and counts:
+            clean = sum(counts.values()) == 0
+            kept = jax.tree.map(lambda new, old: jnp.where(clean, new, old), (new_state.params, new_state.opt_state),
+                                (state.params, state.opt_state))
+            new_state = new_state.replace(params=kept[0], opt_state=kept[1])
+        return new_state, metrics
+
+    return step
 
 
 def fresh_state(built: Built, params, seed: int) -> steps.TrainState:
@@ -219,7 +258,7 @@ def train(config, workdir: paths.PathLike, task: LoopTask, built: Built, ckpt: c
     writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
     pending = []  # metrics of steps in flight (device arrays), fetched at log/eval/save points
     window = collections.deque(maxlen=config.log_every)  # fetched metrics of the latest steps
-    synced, skipped = start_step, 0  # steps whose metrics were fetched; skipped (non-finite) since the last log
+    synced, skipped = start_step, 0  # steps whose metrics were fetched; skipped (non-finite or invalid data) since the last log
     last_log, paused = time.perf_counter(), 0.0  # paused: eval seconds, left out of seq/s
     last_good = ckpt.latest_step()
     train_metrics: Dict[str, float] = {}
@@ -246,8 +285,10 @@ def train(config, workdir: paths.PathLike, task: LoopTask, built: Built, ckpt: c
             if not (is_log or is_save or is_eval):
                 continue  # the step stays in flight: no host sync between log points
             fetched = jax.device_get(pending)
-            bad = nonfinite_steps(fetched, synced, config.on_nonfinite, ckpt, last_good)
-            window.extend(fetched)
+            # Invalid data first: it is the more specific cause when both fire.
+            invalid = invalid_data_steps(fetched, synced, config.get("on_invalid_data", "stop"), task, ckpt, last_good)
+            bad = sorted(set(invalid) | set(nonfinite_steps(fetched, synced, config.on_nonfinite, ckpt, last_good)))
+            window.extend({k: v for k, v in m.items() if not k.startswith(INVALID)} for m in fetched)
             synced, skipped, pending = synced + len(fetched), skipped + len(bad), []
             if is_log:
                 now = time.perf_counter()
@@ -275,7 +316,9 @@ def train(config, workdir: paths.PathLike, task: LoopTask, built: Built, ckpt: c
                 if last_good != done:  # SIGTERM arrived after this step's save check
                     unchecked = jax.device_get(pending)
                     pending = []
-                    if config.on_nonfinite == "skip" or all(m["finite"] for m in unchecked):
+                    clean = all(not any(v for k, v in m.items() if k.startswith(INVALID)) for m in unchecked)
+                    if ((config.on_nonfinite == "skip" or all(m["finite"] for m in unchecked))
+                            and (config.get("on_invalid_data", "stop") == "skip" or clean)):
                         ckpt.save(done, state, task.data_state(), force=True)
                         last_good = done
                 break
@@ -297,6 +340,51 @@ def nonfinite_steps(fetched: list, synced: int, on_nonfinite: str, ckpt, last_go
     return bad
 
 
+def invalid_data_steps(fetched: list, synced: int, on_invalid_data: str, task: LoopTask, ckpt,
+                       last_good: Optional[int]) -> list:
+    """Steps (1-based) among the just-fetched step metrics whose batch held invalid entries; with
+    `on_invalid_data="stop"` the first one raises `InvalidDataError` naming the step, the field, the
+    count and what a valid value is; with "skip" each is logged (those steps did not update)."""
+    found = []
+    for i, m in enumerate(fetched):
+        counts = {k[len(INVALID):]: int(v) for k, v in m.items() if k.startswith(INVALID) and int(v)}
+        if not counts:
+            continue
+        step = synced + i + 1
+        found.append(step)
+        what = _describe_invalid(counts, task)
+        if on_invalid_data == "stop":
+            ckpt.wait()
+            raise InvalidDataError(f"invalid data in the batch of step {step}: {what}. Last good checkpoint: "
+                                   f"{last_good if last_good is not None else 'none'} in {ckpt.directory}; "
+                                   f"--config.on_invalid_data=skip skips such steps instead")
+        logger.warning("step %d skipped (params not updated): %s", step, what)
+    return found
+
+
+def check_eval_data(counts: Dict[str, int], on_invalid_data: str, task: LoopTask) -> None:
+    """Invalid entries counted over an evaluation: "stop" raises `InvalidDataError` naming each field,
+    "skip" logs them (the eval losses and accuracies leave those entries out)."""
+    counts = {field: count for field, count in counts.items() if count}
+    if not counts:
+        return
+    what = _describe_invalid(counts, task)
+    if on_invalid_data == "stop":
+        raise InvalidDataError(f"invalid data in the evaluation batches: {what}; --config.on_invalid_data=skip "
+                               "leaves those entries out instead")
+    logger.warning("evaluation: invalid entries left out: %s", what)
+
+
+def _describe_invalid(counts: Dict[str, int], task: LoopTask) -> str:
+    """"masked_lm_ids: 2 invalid entries (must be in [0, 300) (vocab_size=300)); ..." """
+    parts = []
+    for field, count in counts.items():
+        requirement = task.requirement(field)
+        parts.append(f"{field}: {count} invalid entr{'y' if count == 1 else 'ies'}"
+                     + (f" ({requirement})" if requirement else ""))
+    return "; ".join(parts)
+
+
 def _steps_since_last_log(done: int, log_every: int, start_step: int) -> int:
     """Steps run since the previous log line (the first line after a (re)start counts from the start)."""
     previous = max(start_step, (done - 1) // log_every * log_every)
@@ -306,5 +394,6 @@ def _steps_since_last_log(done: int, log_every: int, start_step: int) -> int:
 def check_config(config: ml_collections.ConfigDict) -> None:
     if config.log_every <= 0:
         raise ValueError(f"config.log_every must be > 0, got {config.log_every}")
-    if config.on_nonfinite not in ("stop", "skip"):
-        raise ValueError(f"config.on_nonfinite must be 'stop' or 'skip', got {config.on_nonfinite!r}")
+    for name in ("on_nonfinite", "on_invalid_data"):
+        if config.get(name, "stop") not in ("stop", "skip"):
+            raise ValueError(f"config.{name} must be 'stop' or 'skip', got {config.get(name)!r}")

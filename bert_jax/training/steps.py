@@ -36,6 +36,9 @@ def pretraining_sums(model, params, batch: Dict[str, Array], rng: Array, determi
     if mlm_logits is None:
         mlm_logits = out.logits
     ids, weights = batch["masked_lm_ids"], batch["masked_lm_weights"].astype(jnp.float32)
+    # Invalid ids (counted by the loop's data checks) are left out, not gathered out of bounds into NaN.
+    valid_ids = (ids >= 0) & (ids < mlm_logits.shape[-1])
+    ids, weights = jnp.where(valid_ids, ids, 0), jnp.where(valid_ids, weights, 0.0)
     log_probs = jax.nn.log_softmax(mlm_logits.astype(jnp.float32), axis=-1)
     nll = -jnp.take_along_axis(log_probs, ids[..., None].astype(jnp.int32), axis=-1)[..., 0]
     sums = {"mlm_nll": jnp.sum(nll * weights),
@@ -43,9 +46,12 @@ def pretraining_sums(model, params, batch: Dict[str, Array], rng: Array, determi
     nsp_logits = getattr(out, "seq_relationship_logits", None)
     if nsp_logits is not None:
         labels = batch["next_sentence_labels"].reshape(-1).astype(jnp.int32)
+        valid_labels = (labels >= 0) & (labels < 2)
+        labels = jnp.where(valid_labels, labels, 0)
         nsp_log_probs = jax.nn.log_softmax(nsp_logits.astype(jnp.float32), axis=-1)
-        sums["nsp_nll"] = -jnp.sum(jnp.take_along_axis(nsp_log_probs, labels[:, None], axis=-1))
-        sums["nsp_correct"] = jnp.sum(jnp.argmax(nsp_logits, -1) == labels).astype(jnp.float32)
+        nsp_nll = jnp.take_along_axis(nsp_log_probs, labels[:, None], axis=-1)[:, 0]
+        sums["nsp_nll"] = -jnp.sum(jnp.where(valid_labels, nsp_nll, 0.0))
+        sums["nsp_correct"] = jnp.sum((jnp.argmax(nsp_logits, -1) == labels) & valid_labels).astype(jnp.float32)
     return sums
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from bert_jax import flops, sharding
 from bert_jax.config import BertConfig
-from bert_jax.modeling import BertForMaskedLM, BertForPreTraining
+from bert_jax.modeling import BertForMaskedLM, BertForPreTraining, losses
 from bert_jax.training import checkpoints, data as training_data, loop, metrics as metrics_lib, paths, steps
 from bert_jax.training.loop import NonFiniteError, nonfinite_steps  # noqa: F401  (part of this module's API)
 from bert_jax.training.optim import make_optimizer
@@ -45,6 +45,28 @@ def build_model_config(config: ml_collections.ConfigDict, vocab_size: int, pad_t
 def make_train_step(model, tx, schedule, micro_batches: int, skip_nonfinite: bool):
     """The pretraining step (`steps.make_train_step`) in the loop's `make_train_step` signature."""
     return steps.make_train_step(model, tx, schedule, micro_batches=micro_batches, skip_nonfinite=skip_nonfinite)
+
+
+# The pretraining batch's fields under the names `losses.invalid_counts` checks for the pretraining head.
+_CHECKED_AS = {"input_ids": "input_ids", "token_type_ids": "token_type_ids", "position_ids": "position_ids",
+               "masked_lm_positions": "masked_positions", "masked_lm_ids": "labels",
+               "next_sentence_labels": "next_sentence_label"}
+
+
+def pretraining_invalid_counts(model_config: BertConfig, batch) -> Dict[str, jax.Array]:
+    """{pretraining batch field: invalid entries} (jit-safe): ids and labels out of range, masked
+    positions outside the sequence. Padding rows of masked_lm_ids (weight 0) must still be in range."""
+    checked = {_CHECKED_AS[k]: v for k, v in batch.items() if k in _CHECKED_AS}
+    counts = losses.invalid_counts(checked, model_config, "pretraining")
+    names = {v: k for k, v in _CHECKED_AS.items()}
+    return {names[k]: v for k, v in counts.items()}
+
+
+def pretraining_requirements(model_config: BertConfig, seq_len: int) -> Dict[str, str]:
+    """{pretraining batch field: what a valid value is} for the data checks' error messages."""
+    shapes = {name: jax.ShapeDtypeStruct((1, seq_len), jnp.int32) for name in _CHECKED_AS.values()}
+    names = {v: k for k, v in _CHECKED_AS.items()}
+    return {names[k]: v for k, v in losses.requirements(shapes, model_config, "pretraining").items()}
 
 
 def write_model_files(workdir: paths.PathLike, config: ml_collections.ConfigDict, model_config: BertConfig,
@@ -84,11 +106,19 @@ class PretrainingTask(loop.LoopTask):
                                                        config.data.max_predictions, config.data.global_batch_size)
         self.peak_flops = metrics_lib.peak_flops_per_second(list(mesh.devices.flat),
                                                             config.get("peak_tflops_per_device", 0.0))
-        self.eval_step = jax.jit(steps.make_eval_step(self.model))
+        eval_step = steps.make_eval_step(self.model)
+        self.eval_step = jax.jit(lambda params, batch: dict(eval_step(params, batch), **{
+            loop.INVALID + field: count for field, count in self.invalid_counts(batch).items()}))
         self._train_iter = None
 
     def make_train_step(self, tx, schedule, micro_batches, skip_nonfinite):
         return make_train_step(self.model, tx, schedule, micro_batches, skip_nonfinite)
+
+    def invalid_counts(self, batch):
+        return pretraining_invalid_counts(self.model_config, batch)
+
+    def requirement(self, field: str) -> str:
+        return pretraining_requirements(self.model_config, self.config.data.seq_len).get(field, "")
 
     def initial_params(self, mesh, rules, shardings):
         return _initial_params(self.config, self.model, mesh, rules, shardings)
@@ -109,7 +139,8 @@ class PretrainingTask(loop.LoopTask):
         training_data.restore_iterator_state(self.train_iter, data_state)
 
     def evaluate(self, params, step: int) -> Dict[str, float]:
-        return evaluate(self.eval_step, params, self.data, self.mesh, self.rules)
+        return evaluate(self.eval_step, params, self.data, self.mesh, self.rules,
+                        lambda counts: loop.check_eval_data(counts, self.config.get("on_invalid_data", "stop"), self))
 
     def train_summary(self, means, done, steps_per_s, skipped):
         batch_size, seq_len = self.config.data.global_batch_size, self.config.data.seq_len
@@ -141,7 +172,7 @@ def build_run(config: ml_collections.ConfigDict, workdir: paths.PathLike, fresh_
     data = training_data.build_pretraining_data(config, workdir)
     task = PretrainingTask(config, data, mesh, rules)
     tx, schedule = make_optimizer(config.optim)
-    built = loop.build(config, task.model, tx, schedule, task.make_train_step, mesh, rules)
+    built = loop.build(config, task.model, tx, schedule, task.make_train_step, mesh, rules, task.invalid_counts)
     state = None
     if fresh_state:
         state = loop.fresh_state(built, task.initial_params(mesh, rules, loop.shardings_of(built.abstract.params)),
@@ -203,9 +234,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: paths.PathLik
     return dict(final, state=result.state, model=run.model, data=run.data)
 
 
-def evaluate(eval_step, params, data, mesh, rules) -> Dict[str, float]:
+def evaluate(eval_step, params, data, mesh, rules, check_invalid: Optional[Callable] = None) -> Dict[str, float]:
     """MLM/NSP loss and accuracy on the held-out batches, plus the accuracy of always predicting the
-    most frequent masked token (the unigram baseline MLM accuracy should beat)."""
+    most frequent masked token (the unigram baseline MLM accuracy should beat). Invalid entries the
+    step counted (`invalid_<field>` sums) go to `check_invalid({field: count})`."""
     totals, target_counts = None, {}
     for batch in data.eval_batches():
         sums = eval_step(params, sharding.make_global_batch(batch, mesh, rules))
@@ -215,7 +247,11 @@ def evaluate(eval_step, params, data, mesh, rules) -> Dict[str, float]:
             target_counts[token] = target_counts.get(token, 0) + 1
     if totals is None:
         return {}
-    result = steps.summarise_eval(jax.device_get(totals))
+    totals = jax.device_get(totals)
+    invalid = {k[len(loop.INVALID):]: int(totals.pop(k)) for k in list(totals) if k.startswith(loop.INVALID)}
+    if check_invalid is not None:
+        check_invalid(invalid)
+    result = steps.summarise_eval(totals)
     result["unigram_baseline_accuracy"] = max(target_counts.values()) / max(sum(target_counts.values()), 1)
     return result
 
