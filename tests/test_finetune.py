@@ -226,6 +226,22 @@ def test_sigkill_then_resume_is_bit_exact(toy_run, vocab, tmp_path):
     jax.tree.map(np.testing.assert_array_equal, _params_at(workdir, 24)[0], _params_at(reference, 24)[0])
 
 
+def test_rerun_after_a_corrupt_final_checkpoint_retrains_to_the_same_params(toy_run, vocab, tmp_path):
+    """The fine-tuning loop saves with force=True: a rerun over a truncated final checkpoint falls back to
+    the best one (step 16), retrains and saves step 24 again (orbax refused: StepAlreadyExistsError)."""
+    reference, _ = toy_run
+    workdir = str(tmp_path / "corrupt")
+    shutil.copytree(reference, workdir)
+    step_24 = os.path.join(workdir, "checkpoints", "24", "state")
+    largest = max((os.path.join(root, name) for root, _, names in os.walk(step_24) for name in names),
+                  key=os.path.getsize)
+    os.truncate(largest, os.path.getsize(largest) // 2)
+    result = finetune.train_and_evaluate(_config(vocab=vocab, **TOY), workdir)
+    assert result["step"] == 24
+    jax.tree.map(np.testing.assert_array_equal, _params_at(workdir, 24)[0], _params_at(reference, 24)[0])
+    assert [n.split(".")[0] for n in os.listdir(os.path.join(workdir, "checkpoints")) if "unreadable" in n] == ["24"]
+
+
 # ----------------------------------------------------------------------------- initialisation
 def test_init_from_hugging_face_directory(vocab, tmp_path):
     import torch
