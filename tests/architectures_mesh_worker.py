@@ -60,7 +60,7 @@ def main(out_dir: str) -> None:
     for name, switches in VARIANTS.items():
         config = bert_jax.BertConfig(**{**BASE, **switches})
         model = bert_jax.BertForMaskedLM(config)
-        tx = optax.adamw(1e-2, weight_decay=0.01)
+        tx = optax.adamw(1e-3, weight_decay=0.01)
 
         def step(params, opt_state, batch):
             loss, grads = jax.value_and_grad(lambda p: model.apply({"params": p}, **batch).loss)(params)
@@ -78,7 +78,7 @@ def main(out_dir: str) -> None:
 
         p_sh = S.param_shardings(model, mesh)
         m_params = S.sharded_init(model, mesh, rng=jax.random.PRNGKey(0))
-        m_opt = S.sharded_optimizer_init(tx, m_params, p_sh)
+        m_opt = S.sharded_optimizer_init(tx, m_params)
         gbatch = S.make_global_batch(batch, mesh)
         sharded = jax.jit(step, in_shardings=(p_sh, None, S.batch_sharding(mesh)))
         mesh_losses = []

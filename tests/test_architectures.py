@@ -389,3 +389,29 @@ def test_switches_under_scan_and_remat(name):
     unrolled = convert_layer_layout(scan_grads, 2, scan_layers=False)
     diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))), grads, unrolled)
     assert max(jax.tree.leaves(diffs)) <= 1e-6
+
+
+# ------------------------------------------------------------------------------ 8 fake devices
+def test_switched_models_train_on_a_mesh_like_on_one_device(tmp_path):
+    """Two AdamW steps of each variant (tests/architectures_mesh_worker.py VARIANTS) on a 2x2x2
+    (data, fsdp, tensor) mesh of 8 fake CPU devices against one device: same losses within 1e-6 and
+    the same params after the updates. Fake devices must be set before jax initialises, so the run is
+    a subprocess."""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    worker = os.path.join(root, "tests", "architectures_mesh_worker.py")
+    proc = subprocess.run([sys.executable, worker, str(tmp_path)], capture_output=True, text=True, timeout=900,
+                          cwd=root, env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results.pop("device_count") == 8
+    assert len(results) >= 6
+    for name, r in results.items():
+        assert np.isfinite(r["losses"]).all() and r["losses"][1] < r["losses"][0], (name, r)  # it trains
+        for one, mesh in zip(r["losses"], r["mesh_losses"]):
+            assert abs(one - mesh) <= 1e-6, (name, r)
+        # Adam divides by sqrt(nu): a last-bit gradient difference on a near-zero gradient moves a
+        # param by a sizeable fraction of lr (1e-3), hence 1e-5 here, as in tests/test_sharding.py.
+        assert r["param_diff"] <= 1e-5, (name, r)
