@@ -415,3 +415,14 @@ def test_switched_models_train_on_a_mesh_like_on_one_device(tmp_path):
         # Adam divides by sqrt(nu): a last-bit gradient difference on a near-zero gradient moves a
         # param by a sizeable fraction of lr (1e-3), hence 1e-5 here, as in tests/test_sharding.py.
         assert r["param_diff"] <= 1e-5, (name, r)
+
+
+@pytest.mark.parametrize("name", sorted(SWITCHED) + ["electra_projection"])
+def test_analytic_param_count_follows_the_switches(name):
+    """bert_jax.flops.non_embedding_params (FLOPs/token of the ablation bench) equals the count read
+    off the params of BertForMaskedLM for every switch setting."""
+    from bert_jax.flops import count_non_embedding_params, non_embedding_params
+    cfg = (_switched_config("geglu", embedding_size=16) if name == "electra_projection"
+           else _switched_config(name, num_hidden_layers=2))
+    params = jax.eval_shape(lambda: bert_jax.init_params(bert_jax.BertForMaskedLM(cfg)))
+    assert non_embedding_params(cfg) == count_non_embedding_params(params)
