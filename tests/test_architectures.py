@@ -426,3 +426,23 @@ def test_analytic_param_count_follows_the_switches(name):
            else _switched_config(name, num_hidden_layers=2))
     params = jax.eval_shape(lambda: bert_jax.init_params(bert_jax.BertForMaskedLM(cfg)))
     assert non_embedding_params(cfg) == count_non_embedding_params(params)
+
+
+@pytest.mark.parametrize("name", ["cramming_like", "rmsnorm", "electra_discriminator", "scanned_pre_ln"])
+def test_logical_axis_names_on_every_switched_param(name):
+    """New params (gated `up`, pre-LN and final norms, RMSNorm, embeddings_project, the discriminator
+    head) carry logical axis names, so the sharding rules place them; scanned ones gain `layers`."""
+    import flax.linen as nn
+    if name == "electra_discriminator":
+        model = bert_jax.BertForReplacedTokenDetection(_switched_config("geglu", embedding_size=16))
+    elif name == "scanned_pre_ln":
+        model = bert_jax.BertForMaskedLM(_switched_config("swiglu_pre", scan_layers=True))
+    else:
+        model = bert_jax.BertForMaskedLM(_switched_config(name))
+    boxed = jax.eval_shape(lambda: bert_jax.init_params(model, boxed=True))
+    leaves = jax.tree_util.tree_leaves_with_path(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+    for path, leaf in leaves:
+        assert isinstance(leaf, nn.LogicallyPartitioned), jax.tree_util.keystr(path)
+        assert len(leaf.names) == len(leaf.value.shape), jax.tree_util.keystr(path)
+        if "layer" in jax.tree_util.keystr(path) and name == "scanned_pre_ln":
+            assert leaf.names[0] == "layers", jax.tree_util.keystr(path)
