@@ -209,10 +209,12 @@ def load_hf_checkpoint(path: Union[str, os.PathLike], model_class: ModelClass = 
     Params the checkpoint lacks that a BERT checkpoint may lack (a new task head, the pooler,
     cross-attention of a decoder warm-started from an encoder) are randomly initialised and listed in
     a warning; checkpoint tensors the model has no place for are listed too. A shape mismatch raises
-    naming the key and both shapes. A checkpoint that is not BERT raises ValueError: config.json's
-    `model_type` is not "bert" (RoBERTa, ELECTRA, ...), or tensors of the embeddings or encoder
-    layers are missing (another architecture's names, a truncated conversion); `allow_missing=True`
-    reads it anyway and initialises what is missing (with the warning). `config_overrides` set
+    naming the key and both shapes. config.json's `model_type` picks the architecture: "bert",
+    "roberta", "roberta-prelayernorm" or "electra" (their keys and implied switches, see
+    `bert_jax.architectures`; `model_class` may also be named as transformers names it, e.g.
+    "RobertaForMaskedLM"). Another model_type raises ValueError, as do missing tensors of the
+    embeddings or encoder layers (another architecture's names, a truncated conversion);
+    `allow_missing=True` reads it anyway as BERT and initialises what is missing (with the warning). `config_overrides` set
     BertConfig fields (e.g. num_labels=3, dtype='bfloat16').
     """
     ckpt_dir = os.fspath(path)
