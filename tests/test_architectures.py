@@ -446,3 +446,19 @@ def test_logical_axis_names_on_every_switched_param(name):
         assert len(leaf.names) == len(leaf.value.shape), jax.tree_util.keystr(path)
         if "layer" in jax.tree_util.keystr(path) and name == "scanned_pre_ln":
             assert leaf.names[0] == "layers", jax.tree_util.keystr(path)
+
+
+def test_roberta_inputs_embeds_positions_match_transformers(tmp_path):
+    """With inputs_embeds there are no ids to find padding in: both sides use offset + 0..L-1."""
+    hf_config = _roberta_config("roberta")
+    inputs = _inputs(hf_config.pad_token_id)
+    embeds = np.random.RandomState(3).randn(BATCH, SEQ, TINY["hidden_size"]).astype(np.float32)
+    _, ref_model = _reference("RobertaForMaskedLM", hf_config, tmp_path, inputs)
+    with torch.no_grad():
+        ref = flatten_outputs(ref_model(inputs_embeds=torch.tensor(embeds),
+                                        attention_mask=torch.tensor(inputs["attention_mask"]),
+                                        output_hidden_states=True))
+    config, params = load_hf_checkpoint(tmp_path, "RobertaForMaskedLM")  # transformers' class name resolves too
+    out = bert_jax.BertForMaskedLM(config).apply({"params": params}, inputs_embeds=embeds,
+                                                 attention_mask=inputs["attention_mask"], output_hidden_states=True)
+    _max_diff(flatten_outputs(out), ref)
