@@ -287,9 +287,13 @@ class BertConfig:
         return config.replace(**overrides) if overrides else config
 
     def to_hf(self, architectures: Optional[list] = None) -> dict:
-        """Returns an HF `config.json` dict (JAX-side fields left out)."""
+        """Returns an HF `config.json` dict (JAX-side fields left out) that `from_hf` reads back to this
+        config. A default BERT config gives exactly transformers' BertConfig keys; `save_hf_checkpoint`
+        writes the config.json of other architectures (`bert_jax.architectures.hf_config`)."""
+        # The switches: all of them for another model_type (from_hf would otherwise fill the ones left
+        # out from that architecture's defaults), only those that differ from BERT's for BERT.
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _JAX_FIELDS
-               and (f.name not in ARCHITECTURE_FIELDS or getattr(self, f.name) != f.default)}
+               and (f.name not in ARCHITECTURE_FIELDS or self.model_type != "bert" or getattr(self, f.name) != f.default)}
         out["id2label"] = {str(k): v for k, v in self.id2label.items()}
         out["label2id"] = dict(self.label2id)
         out["model_type"] = self.model_type

@@ -225,6 +225,10 @@ def test_switches_round_trip_through_bert_jax_config_json():
                         attention_bias=False, mlp_bias=False, norm_bias=False, decoder_bias=False,
                         embedding_norm=False, type_vocab_size=0, embedding_size=16)
     assert BertConfig.from_hf(config.to_hf()) == config
+    # model_type roberta without RoBERTa's positions (not exportable, but a valid bert_jax model): the
+    # family's defaults must not fill in what the json leaves at BERT's values.
+    odd = BertConfig(**TINY, model_type="roberta", norm_type="rmsnorm")
+    assert BertConfig.from_hf(odd.to_hf()) == odd
     from bert_jax.config import ARCHITECTURE_FIELDS
     assert not ARCHITECTURE_FIELDS & set(BertConfig(**TINY).to_hf())
 
