@@ -23,7 +23,8 @@ import flax.linen as nn
 import numpy as np
 
 from bert_jax.config import ARCHITECTURE_FIELDS, BertConfig
-from bert_jax.modeling import MODEL_CLASSES, BertForMaskedLM, BertModel
+from bert_jax.modeling import (MODEL_CLASSES, BertForMaskedLM, BertForQuestionAnswering, BertForTokenClassification,
+                               BertModel)
 from bert_jax.modeling.rtd import BertForReplacedTokenDetection
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,16 @@ _ROBERTA_LM_HEAD = (("cls.predictions.transform.dense.", "lm_head.dense."),
                     ("cls.predictions.bias", "lm_head.bias"))
 
 
+def _classes(name: str, **extra: type) -> Dict[type, str]:
+    """bert_jax class -> transformers class name for the heads every family shares with BERT (the same
+    modules: token classification's dropout + `classifier`, QA's `qa_outputs`). Sequence
+    classification is not among them: RoBERTa's and ELECTRA's heads are dense + tanh/gelu + out_proj
+    on the first token, not BERT's pooler + classifier."""
+    return {BertModel: f"{name}Model", BertForMaskedLM: f"{name}ForMaskedLM",
+            BertForTokenClassification: f"{name}ForTokenClassification",
+            BertForQuestionAnswering: f"{name}ForQuestionAnswering", **{v: k for k, v in extra.items()}}
+
+
 def _roberta_implied(hf: Mapping[str, Any]) -> Dict[str, Any]:
     # fairseq positions: the k-th real token at padding_idx + k, pads at padding_idx (RobertaConfig's pad is 1).
     pad = hf.get("pad_token_id", 1)
@@ -59,11 +70,11 @@ def _roberta_implied(hf: Mapping[str, Any]) -> Dict[str, Any]:
 FAMILIES: Dict[str, Family] = {
     "bert": Family("bert", "BERT", "bert", (), {cls: name for name, cls in MODEL_CLASSES.items()}, lambda hf: {}),
     "roberta": Family("roberta", "RoBERTa", "roberta", _ROBERTA_LM_HEAD,
-                      {BertModel: "RobertaModel", BertForMaskedLM: "RobertaForMaskedLM"}, _roberta_implied),
+                      _classes("Roberta"), _roberta_implied),
     "roberta-prelayernorm": Family(
         "roberta-prelayernorm", "RoBERTa-PreLayerNorm", "roberta_prelayernorm",
         (("bert.encoder.final_norm.", "roberta_prelayernorm.LayerNorm."),) + _ROBERTA_LM_HEAD,
-        {BertModel: "RobertaPreLayerNormModel", BertForMaskedLM: "RobertaPreLayerNormForMaskedLM"},
+        _classes("RobertaPreLayerNorm"),
         lambda hf: {**_roberta_implied(hf), "norm_position": "pre"}),
     "electra": Family(
         "electra", "ELECTRA", "electra",
@@ -72,8 +83,7 @@ FAMILIES: Dict[str, Family] = {
          ("cls.predictions.decoder.weight", "generator_lm_head.weight"),
          ("cls.predictions.decoder.bias", None),  # ELECTRA's decoder has one bias, generator_lm_head.bias
          ("cls.predictions.bias", "generator_lm_head.bias")),
-        {BertModel: "ElectraModel", BertForMaskedLM: "ElectraForMaskedLM",
-         BertForReplacedTokenDetection: "ElectraForPreTraining"},
+        _classes("Electra", ElectraForPreTraining=BertForReplacedTokenDetection),
         lambda hf: {"mlm_head_act": "gelu", "embedding_size": hf.get("embedding_size", 128)},
         free=frozenset({"embedding_size"}), has_pooler=False),
 }

@@ -32,20 +32,26 @@ TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_he
 BATCH, SEQ = 3, 9
 
 
-def _inputs(pad_token_id: int, rtd: bool = False, seed: int = 0) -> dict:
+def _inputs(pad_token_id: int, head: str = "mlm", seed: int = 0) -> dict:
     """ids [B, L] with a right-padded row and a row with a pad token in the middle (RoBERTa's
-    positions skip it: its position ids differ from 0..L-1 there), mask, labels."""
+    positions skip it: its position ids differ from 0..L-1 there), mask, and the labels of `head`
+    (mlm, rtd, token, qa; none for a bare encoder)."""
     rs = np.random.RandomState(seed)
     ids = rs.randint(3, TINY["vocab_size"], (BATCH, SEQ))
     mask = np.ones((BATCH, SEQ), np.int64)
     mask[1, SEQ - 3:] = 0
     ids[1, SEQ - 3:] = pad_token_id
     ids[2, 4] = pad_token_id  # attended, but no position of its own under skip_padding_positions
-    if rtd:
-        labels = rs.randint(0, 2, (BATCH, SEQ))
-    else:
-        labels = np.where((rs.rand(BATCH, SEQ) < 0.4) & (mask == 1), ids, -100)
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    out = {"input_ids": ids, "attention_mask": mask}
+    if head == "rtd":
+        out["labels"] = rs.randint(0, 2, (BATCH, SEQ))
+    elif head == "token":
+        out["labels"] = np.where(mask == 1, rs.randint(0, 3, (BATCH, SEQ)), -100)
+    elif head == "qa":  # the last start is out of range: clamped and ignored on both sides
+        out.update(start_positions=np.array([2, 4, 100]), end_positions=np.array([5, 3, 7]))
+    elif head == "mlm":
+        out["labels"] = np.where((rs.rand(BATCH, SEQ) < 0.4) & (mask == 1), ids, -100)
+    return out
 
 
 def _reference(hf_class: str, hf_config, path, inputs: dict) -> dict:
@@ -62,8 +68,6 @@ def _reference(hf_class: str, hf_config, path, inputs: dict) -> dict:
             model.lm_head.bias.copy_(model.lm_head.decoder.bias)
     model.save_pretrained(path)
     kwargs = {k: torch.tensor(v) for k, v in inputs.items()}
-    if hf_class.endswith("Model"):
-        kwargs.pop("labels")
     with torch.no_grad():
         return flatten_outputs(model(**kwargs, output_hidden_states=True, output_attentions=True)), model
 
@@ -72,8 +76,6 @@ def _ours(path, our_class: str, inputs: dict, **overrides) -> tuple:
     config, params = load_hf_checkpoint(path, our_class, **overrides)
     model = build_model(our_class, config)
     kwargs = dict(inputs)
-    if our_class == "BertModel":
-        kwargs.pop("labels")
     out = model.apply({"params": params}, **kwargs, output_hidden_states=True, output_attentions=True)
     return flatten_outputs(out), config, params
 
@@ -125,14 +127,23 @@ PARITY = {
         **TINY, embedding_size=16, max_position_embeddings=64), "BertForReplacedTokenDetection"),
     "electra_model_same_width": ("ElectraModel", lambda: transformers.ElectraConfig(
         **{**TINY, "hidden_act": "relu"}, embedding_size=32, max_position_embeddings=64), "BertModel"),
+    # Heads shared with BERT (the same modules on the other encoders).
+    "roberta_token_classification": ("RobertaForTokenClassification",
+                                     lambda: _roberta_config("roberta", num_labels=3), "BertForTokenClassification"),
+    "roberta_prelayernorm_qa": ("RobertaPreLayerNormForQuestionAnswering", lambda: _roberta_config("pre"),
+                                "BertForQuestionAnswering"),
+    "electra_qa": ("ElectraForQuestionAnswering", lambda: transformers.ElectraConfig(
+        **TINY, embedding_size=16, max_position_embeddings=64), "BertForQuestionAnswering"),
 }
+HEAD_INPUTS = {"BertModel": "none", "BertForReplacedTokenDetection": "rtd", "BertForTokenClassification": "token",
+               "BertForQuestionAnswering": "qa", "BertForMaskedLM": "mlm"}
 
 
 @pytest.mark.parametrize("name", sorted(PARITY))
 def test_matches_transformers_and_exports(name, tmp_path):
     hf_class, make_config, our_class = PARITY[name]
     hf_config = make_config()
-    inputs = _inputs(hf_config.pad_token_id, rtd=our_class == "BertForReplacedTokenDetection")
+    inputs = _inputs(hf_config.pad_token_id, HEAD_INPUTS[our_class])
     ref, ref_model = _reference(hf_class, hf_config, tmp_path / "hf", inputs)
     assert ("loss" in ref) != hf_class.endswith("Model")
     ours, config, params = _ours(tmp_path / "hf", our_class, inputs)
