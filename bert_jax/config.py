@@ -1,8 +1,9 @@
 """BertConfig: model hyperparameters as a frozen, hashable dataclass.
 
-Every field of Hugging Face's `BertConfig` with the same name and default, plus the JAX-side
-fields (compute/param dtype, attention kernel, remat, scan). Reads and writes HF `config.json`
-and google-research's original `bert_config.json`.
+Every field of Hugging Face's `BertConfig` with the same name and default, the architecture
+switches (BERT's values by default) and the JAX-side fields (compute/param dtype, attention kernel,
+remat, scan). Reads and writes HF `config.json` (RoBERTa's and ELECTRA's too) and google-research's
+original `bert_config.json`.
 """
 
 from __future__ import annotations
@@ -47,7 +48,11 @@ _HF_BOOKKEEPING_KEYS = frozenset({
 
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
-    """BERT hyperparameters; field names and defaults are those of HF `transformers.BertConfig`.
+    """BERT hyperparameters; field names and defaults are those of HF `transformers.BertConfig`,
+    plus architecture switches (norm placement and type, biases, gated MLP, token types, embedding
+    norm and width, position ids, `model_type`) whose defaults are BERT's: a config that leaves them
+    alone is exactly BERT. `model_type` names the transformers architecture (BERT, RoBERTa,
+    RoBERTa-PreLayerNorm, ELECTRA) checkpoints are read from and written to (`bert_jax.architectures`).
 
     Dict-valued fields (`id2label`, `label2id`) are stored as `FrozenDict` so the config stays
     hashable (Flax modules and `jax.jit` static arguments need that).
