@@ -7,6 +7,8 @@
 - RMSNorm, gated MLPs (GeGLU/SwiGLU) and the bias switches, which no transformers class combines with
   BERT: against an independent NumPy forward pass of a one-layer model from the formulas.
 - Configurations no transformers class represents: a clear error on export.
+- Every switch variant under scan_layers + remat (= unrolled), on an 8-fake-device mesh (= one
+  device), with logical axis names on its new params, and in the analytic FLOPs/param count.
 """
 
 import json
