@@ -19,6 +19,7 @@ _LAZY = {
     "BertForMultipleChoice": "bert_jax.modeling",
     "BertForTokenClassification": "bert_jax.modeling",
     "BertForQuestionAnswering": "bert_jax.modeling",
+    "BertForReplacedTokenDetection": "bert_jax.modeling",
     "MODEL_CLASSES": "bert_jax.modeling",
     "init_params": "bert_jax.modeling",
     "init_cache": "bert_jax.modeling",

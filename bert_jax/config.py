@@ -1,8 +1,9 @@
 """BertConfig: model hyperparameters as a frozen, hashable dataclass.
 
-Every field of Hugging Face's `BertConfig` with the same name and default, plus the JAX-side
-fields (compute/param dtype, attention kernel, remat, scan). Reads and writes HF `config.json`
-and google-research's original `bert_config.json`.
+Every field of Hugging Face's `BertConfig` with the same name and default, the architecture
+switches (BERT's values by default) and the JAX-side fields (compute/param dtype, attention kernel,
+remat, scan). Reads and writes HF `config.json` (RoBERTa's and ELECTRA's too) and google-research's
+original `bert_config.json`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,14 @@ PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 ATTENTION_IMPLS = ("xla", "dot_product", "cudnn", "pallas_tpu", "pallas_gpu", "flash", "xla_counter", "auto")
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable", "minimal")
+# Architecture switches (research ablations; see `bert_jax.architectures` for the transformers classes
+# each model_type maps to).
+MODEL_TYPES = ("bert", "roberta", "roberta-prelayernorm", "electra")
+NORM_POSITIONS = ("post", "pre")
+NORM_TYPES = ("layernorm", "rmsnorm")
+MLP_TYPES = ("dense", "geglu", "swiglu")
+# The activation a gated MLP applies to its gate branch must be of its family (geglu: a GELU, swiglu: SiLU).
+GATED_ACTIVATIONS = {"geglu": ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast"), "swiglu": ("silu", "swish")}
 
 # Keys HF writes into config.json that describe the checkpoint or generation, not the model.
 _HF_BOOKKEEPING_KEYS = frozenset({
@@ -39,7 +48,11 @@ _HF_BOOKKEEPING_KEYS = frozenset({
 
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
-    """BERT hyperparameters; field names and defaults are those of HF `transformers.BertConfig`.
+    """BERT hyperparameters; field names and defaults are those of HF `transformers.BertConfig`,
+    plus architecture switches (norm placement and type, biases, gated MLP, token types, embedding
+    norm and width, position ids, `model_type`) whose defaults are BERT's: a config that leaves them
+    alone is exactly BERT. `model_type` names the transformers architecture (BERT, RoBERTa,
+    RoBERTa-PreLayerNorm, ELECTRA) checkpoints are read from and written to (`bert_jax.architectures`).
 
     Dict-valued fields (`id2label`, `label2id`) are stored as `FrozenDict` so the config stays
     hashable (Flax modules and `jax.jit` static arguments need that).
@@ -68,6 +81,20 @@ class BertConfig:
     label2id: Optional[Mapping[str, int]] = None
     problem_type: Optional[str] = None
     tie_word_embeddings: bool = True
+    # Architecture switches; every default is BERT's, so a config that leaves them alone is BERT.
+    model_type: str = "bert"  # which transformers architecture this config reads from / writes to
+    norm_position: str = "post"  # "post": LN(x + f(x)) (BERT); "pre": x + f(LN(x)), plus a final norm
+    norm_type: str = "layernorm"  # "layernorm" or "rmsnorm" (x / sqrt(mean(x^2) + eps) * scale)
+    attention_bias: bool = True  # biases of the Q/K/V projections and the attention output dense
+    mlp_bias: bool = True  # biases of the MLP's dense layers
+    norm_bias: bool = True  # bias (beta) of every norm
+    decoder_bias: bool = True  # the MLM decoder's output bias [vocab]
+    mlp_type: str = "dense"  # "dense": act(x W_i) W_o (BERT); "geglu"/"swiglu": (act(x W_i) * (x W_up)) W_o
+    embedding_norm: bool = True  # the norm after word + position + token-type embeddings
+    embedding_size: Optional[int] = None  # width of the embedding tables; != hidden_size adds a projection (ELECTRA)
+    position_offset: int = 0  # added to default position ids (RoBERTa: pad_token_id + 1)
+    skip_padding_positions: bool = False  # positions count only non-pad tokens; pads get position_offset - 1
+    mlm_head_act: Optional[str] = None  # activation of the MLM head transform (None: hidden_act)
     # JAX-side fields (not part of HF's config).
     dtype: str = "float32"  # compute dtype of activations
     param_dtype: str = "float32"  # storage dtype of parameters
@@ -113,21 +140,28 @@ class BertConfig:
                 raise ValueError(f"BertConfig.{name} must be true or false, got {value!r} ({type(value).__name__})")
         for name in _INT_FIELDS:
             value = getattr(self, name)
-            if value is None and name == "pad_token_id":
+            if value is None and name in ("pad_token_id", "embedding_size"):
                 continue
             if isinstance(value, np.integer):
                 set_(name, value := int(value))
             if isinstance(value, bool) or not isinstance(value, int):
-                kind = "an integer or null" if name == "pad_token_id" else "a positive integer"
+                kind = ("an integer or null" if name in ("pad_token_id", "embedding_size") else
+                        "a non-negative integer" if name in ("type_vocab_size", "position_offset") else
+                        "a positive integer")
                 raise ValueError(f"BertConfig.{name} must be {kind}, got {value!r} ({type(value).__name__})")
 
     def validate(self) -> None:
         """Raises ValueError naming the first invalid field."""
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                     "max_position_embeddings", "type_vocab_size", "num_labels"):
+                     "max_position_embeddings", "num_labels"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"BertConfig.{name} must be a positive integer, got {value!r}")
+        if self.type_vocab_size < 0:  # 0: no token-type embeddings (RoBERTa-style inputs, ModernBERT)
+            raise ValueError(f"BertConfig.type_vocab_size must be 0 (no token types) or a positive integer, "
+                             f"got {self.type_vocab_size}")
+        if self.embedding_size is not None and self.embedding_size < 1:
+            raise ValueError(f"BertConfig.embedding_size must be a positive integer or null, got {self.embedding_size!r}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"BertConfig.hidden_size={self.hidden_size} is not a multiple of "
                              f"num_attention_heads={self.num_attention_heads}")
@@ -146,6 +180,21 @@ class BertConfig:
         _check_choice("problem_type", self.problem_type, PROBLEM_TYPES)
         _check_choice("attention_impl", self.attention_impl, ATTENTION_IMPLS)
         _check_choice("remat_policy", self.remat_policy, REMAT_POLICIES)
+        _check_choice("model_type", self.model_type, MODEL_TYPES)
+        _check_choice("norm_position", self.norm_position, NORM_POSITIONS)
+        _check_choice("norm_type", self.norm_type, NORM_TYPES)
+        _check_choice("mlp_type", self.mlp_type, MLP_TYPES)
+        if self.mlm_head_act is not None:
+            _check_choice("mlm_head_act", self.mlm_head_act, ACTIVATIONS)
+        if self.mlp_type in GATED_ACTIVATIONS and self.hidden_act not in GATED_ACTIVATIONS[self.mlp_type]:
+            raise ValueError(f"BertConfig.mlp_type={self.mlp_type!r} gates with hidden_act, which must be one of "
+                             f"{GATED_ACTIVATIONS[self.mlp_type]}, got hidden_act={self.hidden_act!r}")
+        if self.position_offset < 0 or self.position_offset >= self.max_position_embeddings:
+            raise ValueError(f"BertConfig.position_offset={self.position_offset} must be in [0, "
+                             f"max_position_embeddings={self.max_position_embeddings})")
+        if self.skip_padding_positions and (self.pad_token_id is None or self.position_offset < 1):
+            raise ValueError("BertConfig.skip_padding_positions=True needs a pad_token_id and position_offset >= 1 "
+                             "(padding tokens take position position_offset - 1)")
         if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
             raise ValueError(f"BertConfig.pad_token_id={self.pad_token_id} is outside the vocabulary "
                              f"[0, {self.vocab_size})")
@@ -208,14 +257,22 @@ class BertConfig:
             raise ValueError(f"BertConfig.from_hf expects a dict or a path, got {type(config).__name__}"
                              + (f" (the JSON in {source})" if source != "config" else ""))
         model_type = config.get("model_type", "bert")
-        if model_type != "bert":
+        family_defaults = {}
+        if model_type in MODEL_TYPES:
+            # Another architecture of the one encoder (RoBERTa, ELECTRA, ...): its config.json does not
+            # spell out the switches its architecture implies, so they come from its family.
+            from bert_jax.architectures import family_config_defaults
+            family_defaults = family_config_defaults(model_type, config)
+        else:
             if not allow_other_model_type:
-                raise ValueError(f"{source} has model_type={model_type!r}, not 'bert': this is not a BERT checkpoint "
-                                 f"(pass allow_other_model_type=True, or allow_missing=True when loading weights, "
-                                 f"to read it as BERT anyway)")
+                raise ValueError(f"{source} has model_type={model_type!r}, which bert_jax cannot read (it reads "
+                                 f"{', '.join(MODEL_TYPES)}; pass allow_other_model_type=True, or allow_missing=True "
+                                 f"when loading weights, to read it as BERT anyway)")
             logger.warning("%s has model_type=%r; reading it as BERT", source, model_type)
+            # Only BERT's own fields: another architecture's `embedding_size` (ALBERT) is not ours to apply.
+            config = {k: v for k, v in config.items() if k != "model_type" and k not in ARCHITECTURE_FIELDS}
         field_names = {f.name for f in dataclasses.fields(cls)} - _JAX_FIELDS
-        kwargs = {k: v for k, v in config.items() if k in field_names}
+        kwargs = {**family_defaults, **{k: v for k, v in config.items() if k in field_names}}
         unknown = sorted(set(config) - field_names - _HF_BOOKKEEPING_KEYS)
         if unknown:
             logger.info("BertConfig.from_hf ignores keys %s", unknown)
@@ -235,11 +292,16 @@ class BertConfig:
         return config.replace(**overrides) if overrides else config
 
     def to_hf(self, architectures: Optional[list] = None) -> dict:
-        """Returns an HF `config.json` dict (JAX-side fields left out)."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _JAX_FIELDS}
+        """Returns an HF `config.json` dict (JAX-side fields left out) that `from_hf` reads back to this
+        config. A default BERT config gives exactly transformers' BertConfig keys; `save_hf_checkpoint`
+        writes the config.json of other architectures (`bert_jax.architectures.hf_config`)."""
+        # The switches: all of them for another model_type (from_hf would otherwise fill the ones left
+        # out from that architecture's defaults), only those that differ from BERT's for BERT.
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _JAX_FIELDS
+               and (f.name not in ARCHITECTURE_FIELDS or self.model_type != "bert" or getattr(self, f.name) != f.default)}
         out["id2label"] = {str(k): v for k, v in self.id2label.items()}
         out["label2id"] = dict(self.label2id)
-        out["model_type"] = "bert"
+        out["model_type"] = self.model_type
         if architectures:
             out["architectures"] = list(architectures)
         return out
@@ -250,9 +312,16 @@ class BertConfig:
 
 
 _JAX_FIELDS = frozenset({"dtype", "param_dtype", "attention_impl", "remat_policy", "scan_layers"})
-_BOOL_FIELDS = ("is_decoder", "add_cross_attention", "use_cache", "tie_word_embeddings", "scan_layers")
+# The switches added for other architectures; `to_hf` writes them only when they differ from BERT's
+# value, so a BERT config.json stays exactly what transformers' BertConfig writes.
+ARCHITECTURE_FIELDS = frozenset({
+    "norm_position", "norm_type", "attention_bias", "mlp_bias", "norm_bias", "decoder_bias", "mlp_type",
+    "embedding_norm", "embedding_size", "position_offset", "skip_padding_positions", "mlm_head_act"})
+_BOOL_FIELDS = ("is_decoder", "add_cross_attention", "use_cache", "tie_word_embeddings", "scan_layers",
+                "attention_bias", "mlp_bias", "norm_bias", "decoder_bias", "embedding_norm", "skip_padding_positions")
 _INT_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-               "max_position_embeddings", "type_vocab_size", "num_labels", "pad_token_id")
+               "max_position_embeddings", "type_vocab_size", "num_labels", "pad_token_id", "embedding_size",
+               "position_offset")
 
 
 def _int_key(field: str, key: Any) -> int:

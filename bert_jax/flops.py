@@ -25,21 +25,27 @@ PEAK_TFLOPS = (
 
 
 def non_embedding_params(config: BertConfig) -> int:
-    """Encoder layers + MLM head transform (biases and LayerNorms included), analytically."""
+    """Encoder layers + MLM head transform (biases and norms included), analytically, for any setting
+    of the architecture switches (norm placement/type/bias, gated MLP, bias switches, the embedding
+    projection of embedding_size != hidden_size, which counts as non-embedding)."""
     h, i = config.hidden_size, config.intermediate_size
-    per_layer = (4 * (h * h + h)  # Q, K, V, attention output
-                 + 2 * h  # attention LayerNorm
-                 + (h * i + i) + (i * h + h)  # intermediate, output
-                 + 2 * h)  # output LayerNorm
-    head = h * h + h + 2 * h  # cls/predictions/transform dense + LayerNorm
-    return config.num_hidden_layers * per_layer + head
+    e = config.embedding_size or h
+    norm = lambda width: width * (2 if config.norm_bias else 1)  # scale (+ bias)
+    branches = 1 if config.mlp_type == "dense" else 2  # gated MLPs have a second input projection
+    per_layer = (4 * h * h + (4 * h if config.attention_bias else 0)  # Q, K, V, attention output
+                 + branches * h * i + i * h + ((branches * i + h) if config.mlp_bias else 0)  # MLP
+                 + 2 * norm(h))  # two norms per layer, post- or pre-LN
+    head = h * e + e + norm(e)  # cls/predictions/transform dense + norm
+    extra = (norm(h) if config.norm_position == "pre" else 0) + (e * h + h if e != h else 0)  # final norm, projection
+    return config.num_hidden_layers * per_layer + head + extra
 
 
 def flops_per_token(config: BertConfig, seq: int, mlm_positions_fraction: float, training: bool = True) -> float:
-    """6 N_non_emb + 12 L H seq + 6 H V f per token for a training step; a third of it forward-only."""
+    """6 N_non_emb + 12 L H seq + 6 E V f per token for a training step (E: the tied decoder's width,
+    hidden_size unless embedding_size says otherwise); a third of it forward-only."""
     h = config.hidden_size
     flops = (6.0 * non_embedding_params(config) + 12.0 * config.num_hidden_layers * h * seq
-             + 6.0 * h * config.vocab_size * mlm_positions_fraction)
+             + 6.0 * (config.embedding_size or h) * config.vocab_size * mlm_positions_fraction)
     return flops if training else flops / 3.0
 
 

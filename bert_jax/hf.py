@@ -20,8 +20,9 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from bert_jax import architectures
 from bert_jax.config import BertConfig
-from bert_jax.modeling import MODEL_CLASSES, BertModel, build_model, dummy_inputs, init_params
+from bert_jax.modeling import BertModel, build_model, dummy_inputs, init_params
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ ModelClass = Union[str, Type[nn.Module]]
 def torch_key(path: Tuple[str, ...]) -> str:
     """Flax param path -> PyTorch state-dict key."""
     *modules, leaf = path
-    if leaf in ("kernel", "embedding") or (leaf == "scale" and modules[-1] == "LayerNorm"):
+    if leaf in ("kernel", "embedding") or (leaf == "scale" and modules[-1] in ("LayerNorm", "final_norm")):
         leaf = "weight"
     return ".".join(modules + [leaf])
 
@@ -208,16 +209,20 @@ def load_hf_checkpoint(path: Union[str, os.PathLike], model_class: ModelClass = 
     Params the checkpoint lacks that a BERT checkpoint may lack (a new task head, the pooler,
     cross-attention of a decoder warm-started from an encoder) are randomly initialised and listed in
     a warning; checkpoint tensors the model has no place for are listed too. A shape mismatch raises
-    naming the key and both shapes. A checkpoint that is not BERT raises ValueError: config.json's
-    `model_type` is not "bert" (RoBERTa, ELECTRA, ...), or tensors of the embeddings or encoder
-    layers are missing (another architecture's names, a truncated conversion); `allow_missing=True`
-    reads it anyway and initialises what is missing (with the warning). `config_overrides` set
+    naming the key and both shapes. config.json's `model_type` picks the architecture: "bert",
+    "roberta", "roberta-prelayernorm" or "electra" (their keys and implied switches, see
+    `bert_jax.architectures`; `model_class` may also be named as transformers names it, e.g.
+    "RobertaForMaskedLM"). Another model_type raises ValueError, as do missing tensors of the
+    embeddings or encoder layers (another architecture's names, a truncated conversion);
+    `allow_missing=True` reads it anyway as BERT and initialises what is missing (with the warning). `config_overrides` set
     BertConfig fields (e.g. num_labels=3, dtype='bfloat16').
     """
     ckpt_dir = os.fspath(path)
     config = BertConfig.from_hf(ckpt_dir, allow_other_model_type=allow_missing, **config_overrides)
-    return config, params_from_state_dict(read_state_dict(ckpt_dir), config, model_class, rng=rng, source=ckpt_dir,
-                                          allow_missing=allow_missing)
+    # RoBERTa / ELECTRA / ... checkpoints: their keys renamed to BERT's (bert_jax.architectures).
+    state = architectures.to_bert_keys(read_state_dict(ckpt_dir), config, source=ckpt_dir)
+    return config, params_from_state_dict(state, config, architectures.resolve_model_class(model_class), rng=rng,
+                                          source=ckpt_dir, allow_missing=allow_missing)
 
 
 def _is_encoder_body(path: Tuple[str, ...]) -> bool:
@@ -290,13 +295,19 @@ def save_hf_checkpoint(path: Union[str, os.PathLike], config: BertConfig, params
                        ) -> None:
     """Writes `config.json` + `model.safetensors` that `transformers.<class>.from_pretrained` loads
     with no missing or unexpected keys (tied decoder weights are left out, as transformers does; with
-    tie_word_embeddings=False the bias is written as both cls.predictions.bias and decoder.bias)."""
+    tie_word_embeddings=False the bias is written as both cls.predictions.bias and decoder.bias).
+
+    `config.model_type` picks the architecture written (BERT, RoBERTa, RoBERTa-PreLayerNorm, ELECTRA;
+    see `bert_jax.architectures`); switches that architecture cannot represent raise ValueError
+    naming the field, before anything is written."""
     from safetensors.numpy import save_file
-    model = build_model(model_class, config)
-    hf_name = next(name for name, cls in MODEL_CLASSES.items() if isinstance(model, cls) and type(model) is cls)
+    model = build_model(architectures.resolve_model_class(model_class), config)
+    hf_config = architectures.hf_config(config, model)
     os.makedirs(path, exist_ok=True)
-    config.to_json_file(os.path.join(path, "config.json"), architectures=[hf_name])
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(hf_config, f, indent=2, sort_keys=True)
     state = to_torch_state_dict(params, model)
     if not config.tie_word_embeddings and "cls.predictions.bias" in state:
         state[_TIED_KEYS[1]] = state["cls.predictions.bias"].copy()  # untied, transformers 5 reads decoder.bias
+    state = architectures.from_bert_keys(state, config, model)
     save_file(state, os.path.join(path, SAFE_WEIGHTS), metadata={"format": "pt"})

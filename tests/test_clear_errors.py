@@ -68,8 +68,9 @@ def test_config_json_problems_name_the_file(tmp_path):
     path.write_text("[1, 2]")
     with pytest.raises(ValueError, match=r"got list \(the JSON in .*config\.json\)"):
         BertConfig.from_hf(path)
-    path.write_text(json.dumps({**cases.TINY, "model_type": "roberta"}))
-    with pytest.raises(ValueError, match=r"config\.json has model_type='roberta', not 'bert'"):
+    # RoBERTa / ELECTRA / ... are read (tests/test_architectures.py); an architecture bert_jax has no mapping for is not.
+    path.write_text(json.dumps({**cases.TINY, "model_type": "albert"}))
+    with pytest.raises(ValueError, match=r"config\.json has model_type='albert', which bert_jax cannot read"):
         BertConfig.from_hf(tmp_path)
     assert BertConfig.from_hf(tmp_path, allow_other_model_type=True).vocab_size == cases.TINY["vocab_size"]
 
@@ -97,17 +98,18 @@ def _rewrite(src, dst, config_change=None, key_change=None):
     save_file(state, str(dst / "model.safetensors"))
 
 
-def test_roberta_checkpoint_is_refused_unless_asked(tmp_path, caplog):
+def test_unknown_architecture_checkpoint_is_refused_unless_asked(tmp_path, caplog):
+    """An ALBERT checkpoint (shared layers, factorised embeddings): no mapping here, so refused."""
     transformers = pytest.importorskip("transformers")
-    config = transformers.RobertaConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                        intermediate_size=37, max_position_embeddings=66, type_vocab_size=1)
-    transformers.RobertaForMaskedLM(config).save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match=r"model_type='roberta', not 'bert'.*allow_missing=True"):
+    config = transformers.AlbertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                       intermediate_size=37, embedding_size=16, max_position_embeddings=66)
+    transformers.AlbertForMaskedLM(config).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"model_type='albert', which bert_jax cannot read.*allow_missing=True"):
         load_hf_checkpoint(tmp_path, "BertForMaskedLM")
     with caplog.at_level(logging.WARNING):
         loaded_config, params = load_hf_checkpoint(tmp_path, "BertForMaskedLM", allow_missing=True)
     assert "reading it as BERT" in caplog.text and "initialised" in caplog.text
-    assert loaded_config.type_vocab_size == 1
+    assert loaded_config.model_type == "bert" and loaded_config.type_vocab_size == 2
 
 
 def test_bert_named_roberta_weights_are_refused(bert_dir, tmp_path):

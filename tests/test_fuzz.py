@@ -233,7 +233,9 @@ def test_fuzz_invalid_targets_under_jit_are_finite_and_counted(models):
 INT_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
               "max_position_embeddings", "type_vocab_size", "num_labels")
 BAD_VALUES = {
-    **{f: [2.5, "3", None, -1, 0, True, [1], {"a": 1}, "", float("nan")] for f in INT_FIELDS},
+    # type_vocab_size=0 is valid (no token types), so 0 is not among its bad values.
+    **{f: [v for v in (2.5, "3", None, -1, 0, True, [1], {"a": 1}, "", float("nan"))
+           if not (f == "type_vocab_size" and type(v) is int and v == 0)] for f in INT_FIELDS},
     "pad_token_id": ["0", 0.0, -1, V, True, [0], 1.5],
     **{f: ["false", "True", 0, 1, None, [True], "yes"] for f in ("is_decoder", "add_cross_attention", "use_cache",
                                                                "tie_word_embeddings", "scan_layers")},
@@ -247,6 +249,14 @@ BAD_VALUES = {
     **{f: ["int8", 3, None, "fp8", ["float32"]] for f in ("dtype", "param_dtype")},
     "attention_impl": ["magic", None, 1],
     "remat_policy": ["sometimes", None, True],
+    # Architecture switches (bert_jax.architectures).
+    "model_type": ["albert", None, 1, ""],
+    **{f: ["sandwich", None, 1, ""] for f in ("norm_position", "norm_type", "mlp_type")},
+    **{f: ["false", 0, None, "yes"] for f in ("attention_bias", "mlp_bias", "norm_bias", "decoder_bias",
+                                              "embedding_norm", "skip_padding_positions")},
+    "embedding_size": [0, -1, 2.5, "16", True],
+    "position_offset": [-1, 64, 1.5, "2", None],
+    "mlm_head_act": ["gelu2", 3, ""],
     "id2label": ["a,b", [1, 2], {"x": "a"}, 3, {"1.5": "a"}],
     "label2id": [{"a": "x"}, ["a"], {"a": 1.5}, 7, {"a": None}],
 }

@@ -12,6 +12,7 @@ from bert_jax.modeling.heads import (BertForCausalLM, BertForMaskedLM, BertForMu
                                      BertForNextSentencePrediction, BertForPreTraining, BertForQuestionAnswering,
                                      BertForSequenceClassification, BertForTokenClassification)
 from bert_jax.modeling.model import BertModel
+from bert_jax.modeling.rtd import BertForReplacedTokenDetection
 
 # transformers' PyTorch class name for each of ours (checkpoint `architectures` field).
 MODEL_CLASSES = {
@@ -25,12 +26,14 @@ MODEL_CLASSES = {
     "BertForTokenClassification": BertForTokenClassification,
     "BertForQuestionAnswering": BertForQuestionAnswering,
 }
+# Classes with no BERT counterpart in transformers (written as other architectures, see bert_jax.architectures).
+EXTRA_CLASSES = {"BertForReplacedTokenDetection": BertForReplacedTokenDetection}
 
 
 def build_model(model_class: Union[str, Type[nn.Module]], config: BertConfig, **kwargs) -> nn.Module:
     """`model_class` is one of our classes or a name (ours or transformers', e.g. 'BertLMHeadModel')."""
     if isinstance(model_class, str):
-        by_name = {**MODEL_CLASSES, **{cls.__name__: cls for cls in MODEL_CLASSES.values()}}
+        by_name = {**MODEL_CLASSES, **{cls.__name__: cls for cls in MODEL_CLASSES.values()}, **EXTRA_CLASSES}
         if model_class not in by_name:
             raise ValueError(f"unknown model class {model_class!r}; choose from {sorted(by_name)}")
         model_class = by_name[model_class]
@@ -72,5 +75,6 @@ def init_cache(model: nn.Module, params, batch_size: int, max_length: int,
 
 __all__ = ["BertConfig", "BertModel", "BertForPreTraining", "BertForMaskedLM", "BertForCausalLM",
            "BertForNextSentencePrediction", "BertForSequenceClassification", "BertForMultipleChoice",
-           "BertForTokenClassification", "BertForQuestionAnswering", "MODEL_CLASSES", "build_model", "init_params",
+           "BertForTokenClassification", "BertForQuestionAnswering", "BertForReplacedTokenDetection", "MODEL_CLASSES",
+           "EXTRA_CLASSES", "build_model", "init_params",
            "init_cache", "losses"]

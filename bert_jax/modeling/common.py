@@ -42,6 +42,7 @@ class DenseGeneral(nn.Module):
     kernel_axes: Tuple
     config: BertConfig
     num_in_axes: int = 1
+    use_bias: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -50,24 +51,54 @@ class DenseGeneral(nn.Module):
         n_in, features = self.num_in_axes, tuple(self.features)
         kernel = self.param("kernel", weight_init(cfg, self.kernel_axes), tuple(x.shape[-n_in:]) + features,
                             param_dtype)
-        bias = self.param("bias", zeros_init(self.kernel_axes[n_in:]), features, param_dtype)
         contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
         y = jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype), (contract, ((), ())))
+        if not self.use_bias:
+            return y
+        bias = self.param("bias", zeros_init(self.kernel_axes[n_in:]), features, param_dtype)
         return y + bias.astype(dtype)
 
 
 def dense(config: BertConfig, features: Union[int, Sequence[int]], kernel_axes: Tuple, name: str,
-          axis: Union[int, Tuple[int, ...]] = -1) -> DenseGeneral:
+          axis: Union[int, Tuple[int, ...]] = -1, use_bias: bool = True) -> DenseGeneral:
     """A Dense layer over the trailing axes (`axis` -1 or (-2, -1)) whose kernel is [*in, *out] with
-    logical axis names `kernel_axes`."""
+    logical axis names `kernel_axes`; `use_bias=False` leaves the bias out (no param)."""
     features = (features,) if isinstance(features, int) else tuple(features)
     num_in_axes = 1 if isinstance(axis, int) else len(axis)
-    return DenseGeneral(features, tuple(kernel_axes), config, num_in_axes, name=name)
+    return DenseGeneral(features, tuple(kernel_axes), config, num_in_axes, use_bias, name=name)
 
 
-def layer_norm(config: BertConfig, name: str = "LayerNorm") -> nn.LayerNorm:
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * scale (+ bias with `use_bias`), over the last axis: [..., H] -> [..., H].
+
+    Statistics in float32 whatever the compute dtype (as Flax's LayerNorm); written out rather than
+    `nn.RMSNorm` so the bias switch (`norm_bias`) applies to it like to LayerNorm."""
+
+    epsilon: float
+    dtype: jnp.dtype
+    param_dtype: jnp.dtype
+    use_bias: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = x.shape[-1]
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
+                           (features,), self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
+        y = y * scale.astype(jnp.float32)
+        if self.use_bias:
+            y = y + self.param("bias", zeros_init(("norm",)), (features,), self.param_dtype).astype(jnp.float32)
+        return y.astype(self.dtype)
+
+
+def layer_norm(config: BertConfig, name: str = "LayerNorm") -> nn.Module:
+    """The norm `config.norm_type` names ("layernorm" or "rmsnorm"), with a bias iff `config.norm_bias`.
+    Both keep their params under the same module name, so either sits where BERT's LayerNorm does."""
+    dtype, param_dtype = jnp.dtype(config.dtype), jnp.dtype(config.param_dtype)
+    if config.norm_type == "rmsnorm":
+        return RMSNorm(config.layer_norm_eps, dtype, param_dtype, use_bias=config.norm_bias, name=name)
     # Flax reduces LayerNorm statistics in float32 even for bf16 inputs.
-    return nn.LayerNorm(epsilon=config.layer_norm_eps, dtype=jnp.dtype(config.dtype),
-                        param_dtype=jnp.dtype(config.param_dtype),
+    return nn.LayerNorm(epsilon=config.layer_norm_eps, dtype=dtype, param_dtype=param_dtype, use_bias=config.norm_bias,
                         scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
                         bias_init=zeros_init(("norm",)), name=name)

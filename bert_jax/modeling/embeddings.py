@@ -1,4 +1,7 @@
-"""BERT input embeddings: word + position + token type, then LayerNorm and dropout."""
+"""BERT input embeddings: word + position + token type, then LayerNorm and dropout.
+
+Switches: `type_vocab_size=0` has no token-type table; `embedding_norm=False` no norm;
+`embedding_size` sets the tables' width (E, default hidden_size; the model projects E -> H after)."""
 
 from typing import Optional
 
@@ -30,24 +33,29 @@ class BertEmbeddings(nn.Module):
 
     def setup(self):
         cfg = self.config
-        embed = lambda n, axes, name: nn.Embed(n, cfg.hidden_size, dtype=jnp.dtype(cfg.dtype),
+        width = cfg.embedding_size or cfg.hidden_size
+        embed = lambda n, axes, name: nn.Embed(n, width, dtype=jnp.dtype(cfg.dtype),
                                                 param_dtype=jnp.dtype(cfg.param_dtype),
                                                 embedding_init=weight_init(cfg, axes), name=name)
         self.word_embeddings = embed(cfg.vocab_size, ("vocab", "embed"), "word_embeddings")
         self.position_embeddings = embed(cfg.max_position_embeddings, (None, "embed"), "position_embeddings")
-        self.token_type_embeddings = embed(cfg.type_vocab_size, (None, "embed"), "token_type_embeddings")
-        self.LayerNorm = layer_norm(cfg)
+        if cfg.type_vocab_size:
+            self.token_type_embeddings = embed(cfg.type_vocab_size, (None, "embed"), "token_type_embeddings")
+        if cfg.embedding_norm:
+            self.LayerNorm = layer_norm(cfg)
         self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
 
     def __call__(self, input_ids: Optional[jax.Array], token_type_ids: jax.Array, position_ids: jax.Array,
                  inputs_embeds: Optional[jax.Array] = None, deterministic: bool = True) -> jax.Array:
-        """ids [B, L] (or `inputs_embeds` [B, L, H]), token types [B, L], positions [B or 1, L] -> [B, L, H]."""
+        """ids [B, L] (or `inputs_embeds` [B, L, E]), token types [B, L], positions [B or 1, L] -> [B, L, E]
+        (E = embedding_size, hidden_size by default)."""
         if inputs_embeds is None:
             inputs_embeds = _lookup(self.word_embeddings, input_ids, ("vocab", None), ("batch", "length", "embed"))
         elif self.is_initializing():
             self.word_embeddings(jnp.zeros((1, 1), jnp.int32))  # create the table the MLM decoder ties to
-        x = inputs_embeds.astype(jnp.dtype(self.config.dtype)) + _lookup(
-            self.token_type_embeddings, token_type_ids, (None, None), ("batch", "length", "embed"))
+        x = inputs_embeds.astype(jnp.dtype(self.config.dtype))
+        if self.config.type_vocab_size:
+            x = x + _lookup(self.token_type_embeddings, token_type_ids, (None, None), ("batch", "length", "embed"))
         # Positions are [1, L] (shared by the batch) or [B, L].
         position_embeddings = _lookup(self.position_embeddings, position_ids, (None, None),
                                       ("batch" if position_ids.shape[0] > 1 else None, "length", "embed"))
@@ -55,10 +63,11 @@ class BertEmbeddings(nn.Module):
         # checkpoints load unchanged.
         if self.config.position_embedding_type == "absolute":
             x = x + position_embeddings
-        x = self.LayerNorm(x)
+        if self.config.embedding_norm:
+            x = self.LayerNorm(x)
         x = self.dropout(x, deterministic=deterministic)
         return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
     def attend(self, hidden: jax.Array) -> jax.Array:
-        """Tied output projection: [..., H] @ word_embeddings.T -> [..., V]."""
+        """Tied output projection: [..., E] @ word_embeddings.T -> [..., V]."""
         return self.word_embeddings.attend(hidden)

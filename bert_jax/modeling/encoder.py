@@ -1,5 +1,11 @@
-"""The BERT encoder: post-LN transformer layers with optional causal self-attention, KV cache,
+"""The BERT encoder: transformer layers with optional causal self-attention, KV cache,
 cross-attention and relative position scores, and the pooler.
+
+Architecture switches (`BertConfig`): `norm_position` "post" (BERT: LN(x + f(x))) or "pre"
+(x + f(LN(x)) with the norms at `attention/LayerNorm` and `intermediate/LayerNorm`, and a final norm
+`encoder/final_norm` after the last layer); `norm_type` LayerNorm / RMSNorm; `mlp_type` dense or
+gated (GeGLU / SwiGLU: `intermediate/dense` is the activated branch, `intermediate/up` the linear
+one); bias switches `attention_bias`, `mlp_bias`, `norm_bias`.
 
 Param names mirror transformers (`attention/self/query`, `attention/output/LayerNorm`,
 `intermediate/dense`, `output/dense`, `crossattention/...`) so checkpoints map by name; Q/K/V
@@ -42,7 +48,7 @@ class BertSelfAttention(nn.Module):
         Returns context [B, Q, N, D] and probabilities [B, N, Q, K] or None."""
         cfg = self.config
         heads, head_dim = cfg.num_attention_heads, cfg.head_dim
-        proj = lambda name: dense(cfg, (heads, head_dim), ("embed", "heads", "kv"), name)
+        proj = lambda name: dense(cfg, (heads, head_dim), ("embed", "heads", "kv"), name, use_bias=cfg.attention_bias)
         source = hidden if kv_states is None else kv_states
         query = proj("query")(hidden)
         key = proj("key")(source)
@@ -111,21 +117,30 @@ class BertSelfAttention(nn.Module):
         return scores
 
 
+def _residual(config: BertConfig, x: Array, residual: Array) -> Array:
+    """Post-LN: norm(x + residual) (the norm is this block's `LayerNorm`); pre-LN: x + residual
+    (the block's input was normalised before its sublayer)."""
+    return layer_norm(config)(x + residual) if config.norm_position == "post" else x + residual
+
+
 class BertSelfOutput(nn.Module):
-    """dense(context [B, L, N, D]) -> dropout -> LayerNorm(x + residual)."""
+    """dense(context [B, L, N, D]) -> dropout -> residual add (+ LayerNorm when post-LN) -> [B, L, H]."""
 
     config: BertConfig
 
     @nn.compact
     def __call__(self, context: Array, residual: Array, deterministic: bool) -> Array:
         cfg = self.config
-        x = dense(cfg, cfg.hidden_size, ("heads", "kv", "embed"), "dense", axis=(-2, -1))(context)
+        x = dense(cfg, cfg.hidden_size, ("heads", "kv", "embed"), "dense", axis=(-2, -1),
+                  use_bias=cfg.attention_bias)(context)
         x = nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
-        return layer_norm(cfg)(x + residual)
+        return _residual(cfg, x, residual)
 
 
 class BertAttention(nn.Module):
-    """Self- or cross-attention followed by its output block (post-LN residual)."""
+    """Self- or cross-attention followed by its output block: post-LN LN(attn(x) + x), or pre-LN
+    attn(LN(x)) + x with the norm at `LayerNorm` (applied to the queries' side only; encoder states of
+    cross-attention are used as given)."""
 
     config: BertConfig
     causal: bool = False
@@ -133,38 +148,45 @@ class BertAttention(nn.Module):
 
     @nn.compact
     def __call__(self, hidden, kv_states, mask, head_mask, deterministic, output_attentions, init_cache=False):
+        normed = layer_norm(self.config)(hidden) if self.config.norm_position == "pre" else hidden
         context, probs = BertSelfAttention(self.config, self.causal, self.is_cross, name="self")(
-            hidden, kv_states, mask, head_mask, deterministic, output_attentions, init_cache)
+            normed, kv_states, mask, head_mask, deterministic, output_attentions, init_cache)
         return BertSelfOutput(self.config, name="output")(context, hidden, deterministic), probs
 
 
 class BertIntermediate(nn.Module):
-    """dense [embed -> mlp] + activation."""
+    """[B, L, H] -> [B, L, intermediate_size]. dense: act(x W_dense); geglu / swiglu: act(x W_dense) * (x W_up)
+    (`dense` is the activated branch, `up` the linear one; act is `hidden_act`, a GELU or SiLU as
+    `mlp_type` requires). Pre-LN normalises x first (`LayerNorm`)."""
 
     config: BertConfig
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         cfg = self.config
-        x = dense(cfg, cfg.intermediate_size, ("embed", "mlp"), "dense")(x)
-        return nn.with_logical_constraint(ACT_FNS[cfg.hidden_act](x), ("batch", "length", "mlp"))
+        if cfg.norm_position == "pre":
+            x = layer_norm(cfg)(x)
+        h = ACT_FNS[cfg.hidden_act](dense(cfg, cfg.intermediate_size, ("embed", "mlp"), "dense", use_bias=cfg.mlp_bias)(x))
+        if cfg.mlp_type != "dense":
+            h = h * dense(cfg, cfg.intermediate_size, ("embed", "mlp"), "up", use_bias=cfg.mlp_bias)(x)
+        return nn.with_logical_constraint(h, ("batch", "length", "mlp"))
 
 
 class BertOutput(nn.Module):
-    """dense [mlp -> embed] -> dropout -> LayerNorm(x + residual)."""
+    """dense [mlp -> embed] -> dropout -> residual add (+ LayerNorm when post-LN) -> [B, L, H]."""
 
     config: BertConfig
 
     @nn.compact
     def __call__(self, intermediate: Array, residual: Array, deterministic: bool) -> Array:
         cfg = self.config
-        x = dense(cfg, cfg.hidden_size, ("mlp", "embed"), "dense")(intermediate)
+        x = dense(cfg, cfg.hidden_size, ("mlp", "embed"), "dense", use_bias=cfg.mlp_bias)(intermediate)
         x = nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
-        return layer_norm(cfg)(x + residual)
+        return _residual(cfg, x, residual)
 
 
 class BertLayer(nn.Module):
-    """One post-LN transformer block. Call-time switches are attributes so the layer can be
+    """One transformer block (post- or pre-LN, see `config.norm_position`). Call-time switches are attributes so the layer can be
     scanned (`nn.scan`) and rematerialised (`nn.remat`) without static arguments; the call has
     the scan shape `(carry, per-layer input, *broadcast) -> (carry, per-layer output)`."""
 
@@ -223,6 +245,13 @@ class BertEncoder(nn.Module):
             last, outs = BertLayerStack(cfg, layer_cls, flags, name="layer")(
                 hidden, head_mask, mask, encoder_hidden_states, encoder_mask)
             hiddens, self_probs, cross_probs = (tuple(x) if x[0] is not None else None for x in zip(*outs))
+        if cfg.norm_position == "pre":
+            # Pre-LN's residual stream is never normalised inside the layers: a final norm does it.
+            # transformers 5 reports the last layer's hidden state after it (its `hidden_states[-1]`
+            # is `last_hidden_state`), the earlier ones before any norm, as here.
+            last = layer_norm(cfg, "final_norm")(last)
+            if hiddens:
+                hiddens = hiddens[:-1] + (last,)
         all_hidden = (hidden,) + hiddens if output_hidden_states else None
         return last, all_hidden, self_probs if output_attentions else None, cross_probs if output_attentions else None
 

@@ -24,23 +24,29 @@ Array = jax.Array
 
 
 class BertPredictionHeadTransform(nn.Module):
+    """norm(act(dense(h))): [..., H] -> [..., E] (E = embedding_size, the word-embedding width the tied
+    decoder projects from; hidden_size by default). act is `mlm_head_act` (RoBERTa and ELECTRA fix it
+    to GELU) or `hidden_act`."""
+
     config: BertConfig
 
     @nn.compact
     def __call__(self, hidden: Array) -> Array:
         cfg = self.config
-        hidden = ACT_FNS[cfg.hidden_act](dense(cfg, cfg.hidden_size, ("embed", None), "dense")(hidden))
+        act = ACT_FNS[cfg.mlm_head_act or cfg.hidden_act]
+        hidden = act(dense(cfg, cfg.embedding_size or cfg.hidden_size, ("embed", None), "dense")(hidden))
         return layer_norm(cfg)(hidden)
 
 
 class BertLMPredictionHead(nn.Module):
-    """transform -> decoder (tied to the word embeddings unless `tie_word_embeddings=False`) + bias."""
+    """transform -> decoder (tied to the word embeddings unless `tie_word_embeddings=False`) + bias
+    (left out with `decoder_bias=False`)."""
 
     config: BertConfig
 
     @nn.compact
     def __call__(self, hidden: Array, word_embeddings: Optional[Array]) -> Array:
-        """hidden [B, L, H] -> logits [B, L, V]; `word_embeddings` [V, H] when tied."""
+        """hidden [B, L, H] -> logits [B, L, V]; `word_embeddings` [V, E] when tied."""
         cfg = self.config
         hidden = BertPredictionHeadTransform(cfg, name="transform")(hidden)
         if cfg.tie_word_embeddings:
@@ -51,8 +57,10 @@ class BertLMPredictionHead(nn.Module):
                                      kernel_init=nn.with_logical_partitioning(
                                          nn.initializers.normal(cfg.initializer_range), ("embed", "vocab")),
                                      name="decoder")(hidden)
-        bias = self.param("bias", zeros_init(("vocab",)), (cfg.vocab_size,), jnp.dtype(cfg.param_dtype))
-        return nn.with_logical_constraint(logits + bias.astype(logits.dtype), ("batch", "length", "vocab"))
+        if cfg.decoder_bias:
+            bias = self.param("bias", zeros_init(("vocab",)), (cfg.vocab_size,), jnp.dtype(cfg.param_dtype))
+            logits = logits + bias.astype(logits.dtype)
+        return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 
 
 class BertOnlyMLMHead(nn.Module):

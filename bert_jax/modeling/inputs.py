@@ -44,8 +44,10 @@ def validate_inputs(config: BertConfig, input_ids, attention_mask, token_type_id
         batch, seq = input_ids.shape
         _check_range("input_ids", input_ids, config.vocab_size, "vocab_size")
     else:
-        if inputs_embeds.ndim != 3 or inputs_embeds.shape[-1] != config.hidden_size:
-            raise ValueError(f"inputs_embeds must be [batch, seq, hidden_size={config.hidden_size}], "
+        width = config.embedding_size or config.hidden_size
+        if inputs_embeds.ndim != 3 or inputs_embeds.shape[-1] != width:
+            name = "embedding_size" if config.embedding_size else "hidden_size"
+            raise ValueError(f"inputs_embeds must be [batch, seq, {name}={width}], "
                              f"got shape {tuple(inputs_embeds.shape)}")
         batch, seq = inputs_embeds.shape[:2]
 
@@ -54,9 +56,10 @@ def validate_inputs(config: BertConfig, input_ids, attention_mask, token_type_id
         raise ValueError(f"{name} has sequence length 0 (shape {tuple(given.shape)}); every row needs at least "
                          f"one token ([CLS])")
     limit = cache_length if cache_length is not None else config.max_position_embeddings
-    if seq > config.max_position_embeddings:
+    if seq + config.position_offset > config.max_position_embeddings:
+        offset = f" minus position_offset={config.position_offset}" if config.position_offset else ""
         raise ValueError(f"sequence length {seq} exceeds max_position_embeddings="
-                         f"{config.max_position_embeddings}")
+                         f"{config.max_position_embeddings}{offset}")
     if cache_length is not None and seq > cache_length:
         raise ValueError(f"sequence length {seq} exceeds the KV cache length {cache_length} (see init_cache)")
 
@@ -74,7 +77,13 @@ def validate_inputs(config: BertConfig, input_ids, attention_mask, token_type_id
     if token_type_ids is not None:
         if tuple(token_type_ids.shape) != (batch, seq):
             raise ValueError(f"token_type_ids has shape {tuple(token_type_ids.shape)}; expected {(batch, seq)}")
-        _check_range("token_type_ids", token_type_ids, config.type_vocab_size, "type_vocab_size")
+        if config.type_vocab_size == 0:
+            # No token-type table: all-zero types (what a generic pipeline passes) are fine, others are not.
+            if is_concrete(token_type_ids) and np.any(np.asarray(token_type_ids) != 0):
+                raise ValueError("token_type_ids has non-zero values but the config has no token types "
+                                 "(type_vocab_size=0)")
+        else:
+            _check_range("token_type_ids", token_type_ids, config.type_vocab_size, "type_vocab_size")
 
     if position_ids is not None:
         if position_ids.ndim != 2 or position_ids.shape[1] != seq or position_ids.shape[0] not in (1, batch):

@@ -231,7 +231,8 @@ def _rules(batch: Mapping[str, Any], config, kind: str, input_shape=None) -> lis
     shape = input_shape if input_shape is not None else _input_shape(batch)
     seq = shape[-1] if shape else None
     rules = [_Rule("input_ids", 0, config.vocab_size, f"vocab_size={config.vocab_size}"),
-             _Rule("token_type_ids", 0, config.type_vocab_size, f"type_vocab_size={config.type_vocab_size}"),
+             # type_vocab_size=0 (no token types): all-zero types are what a generic pipeline passes.
+             _Rule("token_type_ids", 0, max(config.type_vocab_size, 1), f"type_vocab_size={config.type_vocab_size}"),
              _Rule("position_ids", 0, config.max_position_embeddings,
                    f"max_position_embeddings={config.max_position_embeddings}")]
     if seq is not None:

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 
 from bert_jax.config import BertConfig
 from bert_jax.modeling.attention import AttentionMask
+from bert_jax.modeling.common import dense
 from bert_jax.modeling.embeddings import BertEmbeddings
 from bert_jax.modeling.encoder import BertEncoder, BertPooler
 from bert_jax.modeling.inputs import validate_inputs
@@ -41,7 +42,9 @@ class BertModel(nn.Module):
             causal mask added). While decoding: [B, T] over the cache positions written so far
             (T <= cache length).
           token_type_ids: [B, L], default zeros. position_ids: [B or 1, L], default 0..L-1 (offset
-            by the cache index while decoding).
+            by the cache index while decoding), plus `config.position_offset`; with
+            `config.skip_padding_positions` (RoBERTa) only non-pad tokens count and pads take
+            position_offset - 1.
           head_mask: [N] or [num_layers, N]; 0 switches a head off (multiplies its probabilities).
           encoder_hidden_states / encoder_attention_mask: [B, S, H] / [B, S] for cross-attention.
           sequence_ids: [B, L] packed rows: which packed sequence (1, 2, ...) each token belongs to,
@@ -73,12 +76,18 @@ class BertModel(nn.Module):
         if token_type_ids is None:
             token_type_ids = jnp.zeros((batch, seq), jnp.int32)
         if position_ids is None and sequence_ids is not None:
-            position_ids = packed_positions(sequence_ids)
+            position_ids = packed_positions(sequence_ids) + cfg.position_offset
+        elif position_ids is None and cfg.skip_padding_positions and input_ids is not None:
+            position_ids = skip_padding_positions(input_ids, cfg.pad_token_id, cfg.position_offset, offset)
         elif position_ids is None:
-            position_ids = (offset + jnp.arange(seq, dtype=jnp.int32))[None, :]
+            position_ids = (cfg.position_offset + offset + jnp.arange(seq, dtype=jnp.int32))[None, :]
 
         hidden = BertEmbeddings(cfg, name="embeddings")(input_ids, token_type_ids, position_ids, inputs_embeds,
                                                         deterministic)
+        if cfg.embedding_size is not None and cfg.embedding_size != cfg.hidden_size:
+            # ELECTRA: narrower embedding tables, projected to the encoder's width [B, L, E] -> [B, L, H].
+            hidden = dense(cfg, cfg.hidden_size, ("embed", None), "embeddings_project")(hidden)
+            hidden = nn.with_logical_constraint(hidden, ("batch", "length", "embed"))
         mask = _self_attention_mask(attention_mask, sequence_ids, batch, seq, cfg.is_decoder, cache_length)
         encoder_mask = None
         if encoder_attention_mask is not None:
@@ -98,6 +107,14 @@ class BertModel(nn.Module):
         pooled = BertPooler(cfg, name="pooler")(last, cls_positions) if self.add_pooling_layer else None
         return BertModelOutput(last_hidden_state=last, pooler_output=pooled, hidden_states=all_hidden,
                                attentions=attentions, cross_attentions=cross)
+
+
+def skip_padding_positions(input_ids: Array, pad_token_id: int, position_offset: int, start=0) -> Array:
+    """RoBERTa's (fairseq's) positions: [B, L] ids -> [B, L] int32 where the k-th non-pad token of a row
+    (k = 1, 2, ...) sits at position_offset - 1 + start + k and every pad token at position_offset - 1
+    (`start`: tokens already in the KV cache while decoding)."""
+    real = (input_ids != pad_token_id).astype(jnp.int32)
+    return ((jnp.cumsum(real, axis=1) + start) * real + position_offset - 1).astype(jnp.int32)
 
 
 def packed_positions(sequence_ids: Array) -> Array:
