@@ -60,6 +60,8 @@ def base_config(task_name: str) -> ml_collections.ConfigDict:
     c.eval_step = -1  # mode=evaluate / predict: the checkpoint step to use; -1: the best
     c.async_checkpointing = True
     c.on_nonfinite = "stop"
+    # Multi-process: steps between the agreements on a SIGTERM (a signal is acted on 1-2x this many steps later).
+    c.preemption_check_every = 10
     c.progress_bar = True
     return c
 

@@ -78,6 +78,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.best_mode = "max"  # "max" or "min" (for a loss)
     c.async_checkpointing = True
     c.on_nonfinite = "stop"  # or "skip"
+    # Multi-process: steps between the agreements on a SIGTERM (a signal is acted on 1-2x this many steps later).
+    c.preemption_check_every = 10
     c.init_from = ""  # HF checkpoint directory or bert_jax workdir (params only)
     c.profile_steps = 0
     c.progress_bar = True  # tqdm on the console (process 0, only when stderr is a terminal)
