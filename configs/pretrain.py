@@ -83,7 +83,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.init_from = ""  # HF checkpoint directory or bert_jax workdir (params only)
     c.profile_steps = 0
     c.progress_bar = True  # tqdm on the console (process 0, only when stderr is a terminal)
-    c.peak_tflops_per_device = 0.0  # MFU denominator; 0 = the chip table in bert_jax.benchmark (none on CPU)
+    c.peak_tflops_per_device = 0.0  # MFU denominator; 0 = the chip table in bert_jax.flops (none on CPU)
     return c
 
 
