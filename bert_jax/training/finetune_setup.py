@@ -28,7 +28,8 @@ from bert_jax.config import BertConfig
 from bert_jax.modeling import (BertForMultipleChoice, BertForQuestionAnswering, BertForSequenceClassification,
                                BertForTokenClassification, BertModel)
 from bert_jax.tasks import Features, Task, get_task
-from bert_jax.tokenization import BertTokenizer, train_wordpiece
+from bert_jax.tokenization import BertTokenizer
+from bert_jax.wordpiece import train_wordpiece
 from bert_jax.training import checkpoints, loop, paths
 
 logger = logging.getLogger(__name__)
