@@ -5,8 +5,13 @@ HF directory). At every `jax.device_put`, every `sharded_init` and after each `i
 at `jax.live_arrays()` for an array on ONE device with the full shape of a sharded parameter: a
 whole parameter on one device, which is what placing each leaf straight onto its sharding avoids.
 
+It also checks that every leaf ends on its target sharding and that the values are the ones the
+one-device path gave (`load_hf_checkpoint`, with its own init of what the checkpoint lacks; the
+saved params of the workdir).
+
     python tests/init_from_worker.py OUT_DIR      -> OUT_DIR/init_from.json
-      {source: {"violations": [...], "wrong_shardings": [...], "leaves": int, "checks": int}}
+      {case: {"baseline", "violations", "wrong_shardings", "unequal": [str], "leaves",
+              "expected_leaves", "compared", "checks", "sharded_shapes": int}}
 """
 
 import gc
@@ -105,7 +110,8 @@ def measure(name: str, model, init, results: dict, expected: dict):
     wrong = ["/".join(p) for p, v in flat.items() if not v.sharding.is_equivalent_to(flat_sh[p], v.ndim)]
     unequal = ["/".join(p) for p, v in expected.items() if p not in flat or not np.array_equal(flat[p], v)]
     results[name] = {"baseline": baseline, "violations": WATCH.violations[len(baseline):],
-                     "wrong_shardings": wrong, "unequal": unequal, "compared": len(expected), "leaves": len(flat), "expected_leaves": len(flat_sh),
+                     "wrong_shardings": wrong, "unequal": unequal, "compared": len(expected),
+                     "leaves": len(flat), "expected_leaves": len(flat_sh),
                      "checks": WATCH.checks, "sharded_shapes": len(WATCH.shapes)}
     del params, flat
 

@@ -6,10 +6,11 @@ on its own signal would wait in that save for hosts that never join it. Here eac
 its own flag, and the flags are combined with a max over all devices at fixed steps
 (`check_every`); every process reads the same combined value at the same step and stops there.
 
-The max is dispatched at one check and read at the next: by then the device has long finished it
-(it sits in the stream behind the steps dispatched since), so the read costs no host-device sync
-and the loop keeps its only syncs at log, eval and save points. The price is latency: a signal is
-acted on 1 to 2 x `check_every` steps after it arrives.
+The max is dispatched at one check and read at the next, `check_every` steps later: it waits at
+most for the step it was dispatched after, long finished unless the host runs more than
+`check_every` steps ahead of the device, so the loop adds no per-check drain of the device and
+keeps its real syncs at log, eval and save points. The price is latency: a signal is acted on 1 to
+2 x `check_every` steps after it arrives.
 
 With one process there is nobody to agree with: the local flag stops the loop at the next step.
 """
@@ -80,7 +81,7 @@ class Preemption:
             return False
         self._checked = done
         if self._in_flight is not None:
-            # Dispatched `check_every` steps ago: already computed, so this read does not wait on the device.
+            # Dispatched `check_every` steps ago: normally computed already, so this read does not stall the device.
             self.agreed = bool(np.asarray(self._in_flight.addressable_data(0)))
             self._in_flight = None
             if self.agreed:
