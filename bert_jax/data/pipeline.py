@@ -40,7 +40,7 @@ import grain.python as grain
 import numpy as np
 
 from bert_jax.data import pretraining
-from bert_jax.data.pretraining import PretrainingDataSource
+from bert_jax.data.records import PretrainingDataSource
 from bert_jax.data.sources import InMemorySource
 
 __all__ = ["make_pretraining_loader", "make_text_mlm_loader", "text_mlm_examples",
