@@ -95,8 +95,8 @@ class Preemption:
         """max over processes of `flag`, as a replicated int32 scalar not yet fetched."""
         if self._max is None:
             devices = np.array(jax.devices())
-            self._mesh = Mesh(devices, ("processes",))
-            self._in_sharding = NamedSharding(self._mesh, PartitionSpec("processes"))
+            self._mesh = Mesh(devices, ("devices",))  # every device of every process
+            self._in_sharding = NamedSharding(self._mesh, PartitionSpec("devices"))
             self._max = jax.jit(jnp.max, out_shardings=NamedSharding(self._mesh, PartitionSpec()))
         # One element per device (shape (device_count,)): each process fills its own devices' elements.
         local = [jax.device_put(np.full((1,), int(flag), np.int32), d)
