@@ -28,7 +28,7 @@ _LAZY = {
     "save_hf_checkpoint": "bert_jax.hf",
     "load_tf1_checkpoint": "bert_jax.tf1",
     "BertTokenizer": "bert_jax.tokenization",
-    "train_wordpiece": "bert_jax.tokenization",
+    "train_wordpiece": "bert_jax.wordpiece",
 }
 
 __all__ = sorted(_LAZY)

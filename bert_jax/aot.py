@@ -292,7 +292,7 @@ def estimates(info: Dict[str, Any], stats: Dict[str, float], peak_tflops: Option
         return {"estimate_note": "not a step time: the cost model counts the scanned layer loop once"}
     out = {"estimated_tokens_per_second": info["global_batch_size"] * info["seq_len"] / seconds}
     if peak_tflops is None:
-        from bert_jax.benchmark import peak_tflops as table
+        from bert_jax.flops import peak_tflops as table
         peak_tflops = table(info.get("device_kind", "")) if info.get("platform") != "cpu" else None
     if peak_tflops:
         out["peak_tflops_per_device"] = peak_tflops

@@ -202,7 +202,7 @@ def _normalise_keys(state: Mapping[str, np.ndarray], wants_prefix: bool) -> Dict
 
 # ------------------------------------------------------------------------------------------------
 def load_hf_checkpoint(path: Union[str, os.PathLike], model_class: ModelClass = BertModel,
-                       rng: Optional[jax.Array] = None, *, allow_missing: bool = False,
+                       rng: Optional[jax.Array] = None, *, allow_missing: bool = False, host_arrays: bool = False,
                        **config_overrides) -> Tuple[BertConfig, dict]:
     """Reads an HF BERT directory into `(config, params)` for `model_class`.
 
@@ -215,14 +215,15 @@ def load_hf_checkpoint(path: Union[str, os.PathLike], model_class: ModelClass = 
     "RobertaForMaskedLM"). Another model_type raises ValueError, as do missing tensors of the
     embeddings or encoder layers (another architecture's names, a truncated conversion);
     `allow_missing=True` reads it anyway as BERT and initialises what is missing (with the warning). `config_overrides` set
-    BertConfig fields (e.g. num_labels=3, dtype='bfloat16').
+    BertConfig fields (e.g. num_labels=3, dtype='bfloat16'). `host_arrays=True`: see
+    `params_from_state_dict`.
     """
     ckpt_dir = os.fspath(path)
     config = BertConfig.from_hf(ckpt_dir, allow_other_model_type=allow_missing, **config_overrides)
     # RoBERTa / ELECTRA / ... checkpoints: their keys renamed to BERT's (bert_jax.architectures).
     state = architectures.to_bert_keys(read_state_dict(ckpt_dir), config, source=ckpt_dir)
     return config, params_from_state_dict(state, config, architectures.resolve_model_class(model_class), rng=rng,
-                                          source=ckpt_dir, allow_missing=allow_missing)
+                                          source=ckpt_dir, allow_missing=allow_missing, host_arrays=host_arrays)
 
 
 def _is_encoder_body(path: Tuple[str, ...]) -> bool:
@@ -234,12 +235,16 @@ def _is_encoder_body(path: Tuple[str, ...]) -> bool:
 
 def params_from_state_dict(state: Mapping[str, np.ndarray], config: BertConfig, model_class: ModelClass = BertModel,
                            rng: Optional[jax.Array] = None, source: str = "the checkpoint",
-                           allow_missing: bool = False) -> dict:
+                           allow_missing: bool = False, host_arrays: bool = False) -> dict:
     """PyTorch-layout tensors keyed as transformers names them -> params of `model_class` (either layer
     layout, as `config.scan_layers` says). Missing params are initialised from `rng` and logged, unused
     tensors are logged, shape mismatches raise; missing embedding/encoder-layer tensors raise ValueError
     unless `allow_missing` (see `load_hf_checkpoint`); `source` names the checkpoint in those messages.
-    Shared by the HF and the Google TF1 (`bert_jax.tf1`) importers."""
+    Shared by the HF and the Google TF1 (`bert_jax.tf1`) importers.
+
+    `host_arrays=True`: numpy leaves, and the params the checkpoint lacks are left out rather than
+    initialised, so that a sharded caller places each leaf straight onto its shards and initialises
+    the rest sharded (the default puts every leaf, whole, on the default device)."""
     model = build_model(model_class, config)
     state = _normalise_keys(state, wants_prefix=not isinstance(model, BertModel))
     if not config.tie_word_embeddings and _TIED_KEYS[1] in state:
@@ -268,20 +273,24 @@ def params_from_state_dict(state: Mapping[str, np.ndarray], config: BertConfig, 
                          f"are missing ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}): not a BERT "
                          f"checkpoint of this configuration (another architecture, fewer layers, a truncated "
                          f"conversion?). Pass allow_missing=True to initialise them randomly.")
-    if missing:
+    if missing and not host_arrays:
         fresh = traverse_util.flatten_dict(init_params(model, rng))
         if config.scan_layers:
             fresh = unstack_layers(fresh, layers)
         for path in missing:
             flat[path] = np.asarray(fresh[path])
-        logger.warning("%s: initialised %d parameter(s) missing from the checkpoint at %s: %s",
-                       type(model).__name__, len(missing), source, [torch_key(p) for p in missing])
+    if missing:
+        logger.warning("%s: %s %d parameter(s) missing from the checkpoint at %s: %s", type(model).__name__,
+                       "left out (for the caller to initialise)" if host_arrays else "initialised", len(missing),
+                       source, [torch_key(p) for p in missing])
     tied = _TIED_KEYS if config.tie_word_embeddings else _TIED_KEYS[1:]  # decoder.bias is always cls.predictions.bias
     unexpected = [k for k in state if not k.endswith(_IGNORED_SUFFIXES) and k not in tied]
     if unexpected:
         logger.warning("%s: checkpoint tensors not used by the model: %s", type(model).__name__, sorted(unexpected))
     if config.scan_layers:
         flat = stack_layers(flat, layers)
+    if host_arrays:
+        return traverse_util.unflatten_dict(flat)
     return jax.tree.map(jax.numpy.asarray, traverse_util.unflatten_dict(flat))
 
 

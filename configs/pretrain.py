@@ -81,10 +81,12 @@ def base_config() -> ml_collections.ConfigDict:
     # Ids, labels or positions out of range in a batch (counted inside the step): "stop" names the field
     # and step; "skip" leaves that step's params unchanged and logs it.
     c.on_invalid_data = "stop"
+    # Multi-process: steps between the agreements on a SIGTERM (a signal is acted on 1-2x this many steps later).
+    c.preemption_check_every = 10
     c.init_from = ""  # HF checkpoint directory or bert_jax workdir (params only)
     c.profile_steps = 0
     c.progress_bar = True  # tqdm on the console (process 0, only when stderr is a terminal)
-    c.peak_tflops_per_device = 0.0  # MFU denominator; 0 = the chip table in bert_jax.benchmark (none on CPU)
+    c.peak_tflops_per_device = 0.0  # MFU denominator; 0 = the chip table in bert_jax.flops (none on CPU)
     return c
 
 

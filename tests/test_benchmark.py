@@ -27,6 +27,15 @@ def test_tiny_benchmark_runs():
     assert "| jax | train | sparse |" in result["markdown"]
 
 
+def test_main_parses_argv_and_prints_the_report(capsys):
+    """`main(argv)` (no parsed flags given) parses them itself and runs: what `python -m` runs, minus absl."""
+    result = benchmark.main(["--config=tiny", "--batch=2", "--seq=32", "--steps=1", "--warmup=1", "--mode=infer",
+                             "--mlm_head=sparse", "--notorch", "--matmul_size=128"])
+    assert [(r["framework"], r["mode"], r["head"]) for r in result["rows"]] == [("jax", "infer", "sparse")]
+    out = capsys.readouterr().out
+    assert "python -m bert_jax.benchmark --config=tiny" in out and "| jax | infer | sparse |" in out
+
+
 @pytest.mark.parametrize("name, expected_gflop", [("base", 0.67), ("large", 2.04)])
 def test_flops_per_token_matches_design_note(name, expected_gflop):
     """Design note: BERT-base ~0.67 GFLOP/token at seq 128 with a dense MLM head, BERT-large ~2.04."""

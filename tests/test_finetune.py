@@ -326,6 +326,57 @@ def test_epoch_sampler_visits_each_feature_once_per_epoch():
     np.testing.assert_array_equal(resumed.next(), rows[12:16])
 
 
+def test_epoch_sampler_keeps_every_row_and_is_a_function_of_the_seed():
+    """Nothing is dropped: the batch that crosses an epoch's end continues into the next epoch; the
+    order is fixed by (seed, epoch) alone."""
+    sampler = finetune.EpochSampler(10, 4, seed=3)
+    rows = [sampler.next() for _ in range(3)]
+    first = finetune.EpochSampler(10, 4, seed=3).permutation(0)
+    second = finetune.EpochSampler(10, 4, seed=3).permutation(1)
+    np.testing.assert_array_equal(rows[2], np.concatenate([first[8:], second[:2]]))  # epoch 0's last 2 + epoch 1
+    def first_batches(seed, n=6):
+        sampler = finetune.EpochSampler(10, 4, seed=seed)
+        return np.concatenate([sampler.next() for _ in range(n)])
+    np.testing.assert_array_equal(first_batches(3), first_batches(3))  # deterministic
+    np.testing.assert_array_equal(first_batches(3)[:12], np.concatenate(rows))
+    assert not np.array_equal(first_batches(4), first_batches(3))  # another seed, another order
+    with pytest.raises(ValueError, match="no features"):
+        finetune.EpochSampler(0, 4, seed=0)
+
+
+@pytest.mark.parametrize("process_count", [1, 2, 4])
+def test_each_process_takes_its_own_block_of_every_global_batch(process_count):
+    """The rows each process feeds (`_local_rows`): disjoint contiguous blocks that together are the
+    global batch in order (make_global_batch puts process p's rows at block p)."""
+    global_rows = finetune.EpochSampler(30, 8, seed=0).next()
+    blocks = [finetune._local_rows(global_rows, p, process_count) for p in range(process_count)]
+    assert all(len(b) == 8 // process_count for b in blocks)
+    np.testing.assert_array_equal(np.concatenate(blocks), global_rows)
+    np.testing.assert_array_equal(finetune._local_rows(global_rows), global_rows)  # this test: one process
+
+
+def test_model_outputs_cover_every_feature_in_order():
+    """Evaluation is unshuffled and keeps the last partial batch: 30 features in batches of 8 are 4
+    batches (the last padded), and the outputs are the 30 features' own, in order."""
+    from types import SimpleNamespace
+
+    import ml_collections
+    from bert_jax import sharding
+    mesh = sharding.create_mesh(sharding.MeshConfig(ici_parallelism=(1, 1, 1)), jax.devices()[:1])
+    run = SimpleNamespace(config=ml_collections.ConfigDict({"data": {"eval_batch_size": 8}}), mesh=mesh,
+                          rules=sharding.DEFAULT_RULES)
+    ids = np.arange(30, dtype=np.int32)[:, None] * np.ones((1, 5), np.int32)
+    features = Features({"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)})
+    seen = []
+
+    def predict_step(params, inputs):
+        seen.append(np.asarray(inputs["input_ids"])[:, 0].tolist())
+        return {"logits": inputs["input_ids"][:, :1].astype(np.float32)}
+    outputs = finetune.model_outputs(run, predict_step, None, features)
+    assert seen == [list(range(0, 8)), list(range(8, 16)), list(range(16, 24)), list(range(24, 30)) + [0, 0]]
+    np.testing.assert_array_equal(outputs["logits"][:, 0], np.arange(30))
+
+
 def test_stdlib_demo_split_is_by_document():
     from bert_jax.tasks import stdlib_demo
     task = stdlib_demo.StdlibDemoTask(_config().task)

@@ -9,6 +9,7 @@ its per-device bytes are checked against the shardings.
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -241,6 +242,88 @@ def test_local_multiprocess_two_processes_finish_with_the_same_loss(background):
         assert finals[0]["train"][key] == finals[1]["train"][key] == written["train"][key], key
     assert 0 < finals[0]["train"]["loss"] < 20
     assert sorted(os.listdir(workdir / "checkpoints")) == ["3"]
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# A tiny 2-process pretraining run (2 CPU devices each) that agrees on a SIGTERM every 2 steps.
+PREEMPT_ARGS = ["--config=configs/pretrain.py:runlocal", "--config.total_steps=30", "--config.optim.warmup_steps=1",
+                "--config.log_every=1", "--config.eval_every=0", "--config.checkpoint_every=1000",
+                "--config.progress_bar=false", "--config.preemption_check_every=2",
+                "--config.model.hidden_size=64", "--config.model.intermediate_size=128",
+                "--config.data.vocab_size=500", "--config.data.global_batch_size=8"]
+
+
+def _start_two_processes(workdir, logs_dir, tag):
+    """Popen of `bert_jax.main` as processes 0 and 1 of one jax.distributed run (logs in logs_dir)."""
+    port = _free_port()
+    procs = []
+    for pid in range(2):
+        env = {**CHILD_ENV, "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
+               "XLA_FLAGS": CHILD_ENV["XLA_FLAGS"] + " --xla_force_host_platform_device_count=2",
+               "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(pid)}
+        log = open(logs_dir / f"{tag}_{pid}.log", "w")
+        procs.append((subprocess.Popen([sys.executable, "-m", "bert_jax.main", f"--workdir={workdir}", *PREEMPT_ARGS],
+                                       cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+    return procs
+
+
+def _finish(procs, logs_dir, tag, timeout=240) -> list:
+    """Waits for both processes (killing both past `timeout`: a hang is a failure, not a stuck test);
+    returns their logs. Fails unless both exited with status 0."""
+    deadline, hung = time.time() + timeout, False
+    for proc, _ in procs:
+        try:
+            proc.wait(timeout=max(1.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            hung = True
+    for proc, log in procs:
+        if proc.poll() is None:
+            proc.kill()  # SIGKILL, never SIGTERM: that would be another preemption notice
+            proc.wait()
+        log.close()
+    logs = [(logs_dir / f"{tag}_{pid}.log").read_text() for pid in range(2)]
+    codes = [proc.returncode for proc, _ in procs]
+    detail = "\n".join(f"--- process {pid}:\n{log[-3000:]}" for pid, log in enumerate(logs))
+    assert not hung, f"{tag}: hung for {timeout} s (return codes {codes})\n{detail}"
+    assert codes == [0, 0], f"{tag}: return codes {codes}\n{detail}"
+    return logs
+
+
+def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(tmp_path):
+    """Only process 1 gets SIGTERM; both save the same step, exit 0, and a rerun resumes from there.
+    (Before the processes agreed, process 1 went into the save alone and both hung.)"""
+    workdir = tmp_path / "run"
+    procs = _start_two_processes(workdir, tmp_path, "preempted")
+    metrics = workdir / "metrics.jsonl"  # process 0 logs every step: a line per finished step
+    deadline = time.time() + 240
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):
+        if time.time() > deadline or any(p.poll() is not None for p, _ in procs):
+            _finish(procs, tmp_path, "preempted", timeout=1)  # fails with both logs
+            pytest.fail("the run ended before step 3")
+        time.sleep(0.1)
+    procs[1][0].send_signal(signal.SIGTERM)
+    logs = _finish(procs, tmp_path, "preempted")
+    assert "SIGTERM received on process 1" in logs[1] and "SIGTERM received" not in logs[0]
+    stops = [re.findall(r"all processes stop and save after step (\d+)", log) for log in logs]
+    assert len(stops[0]) == len(stops[1]) == 1 and stops[0] == stops[1], stops
+    step = int(stops[0][0])
+    assert 4 <= step < 30 and step % 2 == 0  # an agreement step (every 2) after the signal, before the end
+    assert [_final_metrics(log)["step"] for log in logs] == [step, step]
+    with open(workdir / "final_metrics.json") as f:
+        assert json.load(f)["preempted"] is True
+    assert sorted(os.listdir(workdir / "checkpoints")) == [str(step)]
+
+    logs = _finish(_start_two_processes(workdir, tmp_path, "resumed"), tmp_path, "resumed")
+    for log in logs:
+        assert f"resumed from step {step} in" in log, log[-3000:]
+        assert _final_metrics(log)["step"] == 30
+    assert str(30) in os.listdir(workdir / "checkpoints")
 
 
 # --------------------------------------------------------------------------------------------- AOT

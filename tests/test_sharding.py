@@ -396,3 +396,26 @@ def test_multiprocess_matches_single_device(multiprocess_results, mesh_results):
         assert set(result["grads"]) == grad_keys
         diff = max(float(np.max(np.abs(result["grads"][k] - reference["grad/" + k]))) for k in grad_keys)
         assert diff <= TOL, diff
+
+
+# ------------------------------------------------------------------ init_from places leaf by leaf
+
+def test_init_from_places_each_leaf_on_its_shards(tmp_path):
+    """On 8 devices (fsdp 2 x tensor 4), init_from from an HF directory (fine-tuning, pretraining) and
+    from a bert_jax workdir (fine-tuning; also into scanned layers) never has a sharded parameter
+    whole on a device (tests/init_from_worker.py watches jax.live_arrays() at every placement), ends
+    with every leaf on its target sharding, and gives the values it gave when it loaded on one device."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "init_from_worker.py"), str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    with open(tmp_path / "init_from.json") as f:
+        results = json.load(f)
+    assert sorted(results) == ["finetune_hf", "finetune_hf_scanned", "finetune_workdir", "finetune_workdir_scanned",
+                               "pretrain_hf"]
+    for name, r in results.items():
+        assert r["baseline"] == [], (name, r["baseline"][:5])  # the setup left nothing whole on a device
+        assert r["sharded_shapes"] >= 10 and r["checks"] >= 4, (name, r)  # it watched something, more than once
+        assert r["violations"] == [], (name, len(r["violations"]), sorted(set(r["violations"]))[:5])
+        assert r["leaves"] == r["expected_leaves"] and r["wrong_shardings"] == [], (name, r["wrong_shardings"])
+        assert r["compared"] >= r["leaves"] - 2 and r["unequal"] == [], (name, r["unequal"])  # all but a new head

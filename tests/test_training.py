@@ -276,6 +276,16 @@ def test_sigterm_saves_and_exits_cleanly(corpus, tmp_path):
     ckpt.close()
 
 
+def test_preemption_one_process_stops_at_once_and_checks_its_cadence():
+    from bert_jax.training.preemption import Preemption
+    with pytest.raises(ValueError, match="preemption_check_every must be > 0"):
+        Preemption(0)
+    preemption = Preemption(check_every=10)
+    assert not preemption.should_stop(1) and not preemption.requested
+    preemption.local = True  # what the SIGTERM handler sets
+    assert preemption.should_stop(3) and preemption.requested  # one process: no cadence, no agreement to wait for
+
+
 def test_corrupt_latest_checkpoint_falls_back(uninterrupted, tmp_path, caplog):
     import shutil
     workdir = str(tmp_path / "corrupt")

@@ -40,10 +40,10 @@ import grain.python as grain
 import numpy as np
 
 from bert_jax.data import pretraining
-from bert_jax.data.pretraining import PretrainingDataSource
+from bert_jax.data.records import PretrainingDataSource
 from bert_jax.data.sources import InMemorySource
 
-__all__ = ["make_pretraining_loader", "make_text_mlm_loader", "make_supervised_loader", "text_mlm_examples",
+__all__ = ["make_pretraining_loader", "make_text_mlm_loader", "text_mlm_examples",
            "iterator_state_to_bytes", "iterator_state_from_bytes", "restore_iterator", "batches_per_epoch",
            "nsp_instances", "default_read_options", "NO_NSP_LABEL"]
 
@@ -184,16 +184,6 @@ class _ToPretrainingFeatures(grain.MapTransform):
         return out
 
 
-class _Featurize(grain.MapTransform):
-    """A user function as a grain MapTransform."""
-
-    def __init__(self, fn: Callable):
-        self.fn = fn
-
-    def map(self, element):
-        return self.fn(element)
-
-
 def _data_loader(source, operations, *, global_batch_size, seed, process_index, process_count, shuffle,
                  num_epochs, drop_remainder, worker_count, read_options, masker=None):
     process_index, process_count = _resolve_processes(process_index, process_count)
@@ -249,22 +239,6 @@ def make_pretraining_loader(source: Union[str, Sequence, Any], *, global_batch_s
                         process_count=process_count, shuffle=shuffle, num_epochs=num_epochs,
                         drop_remainder=drop_remainder, worker_count=worker_count, read_options=read_options,
                         masker=masker)
-
-
-def make_supervised_loader(source, featurize_fn: Callable[[Any], Mapping[str, np.ndarray]], *,
-                           global_batch_size: int, seed: int, shuffle: bool = True, num_epochs: Optional[int] = None,
-                           process_index: Optional[int] = None, process_count: Optional[int] = None,
-                           drop_remainder: bool = True, worker_count: int = 0, read_options=None):
-    """grain `DataLoader` for fine-tuning: `featurize_fn(record) -> dict of fixed-shape arrays` (tokenize, pad,
-    attach labels), then local batches. For evaluation use shuffle=False, num_epochs=1, drop_remainder=False
-    (the last local batch may then be short; sharding still drops up to process_count - 1 records).
-    `featurize_fn` must be picklable (a module-level function or a class instance) when worker_count > 0."""
-    if not callable(featurize_fn):
-        raise TypeError(f"featurize_fn must be callable, got {type(featurize_fn).__name__}")
-    return _data_loader(source, [_Featurize(featurize_fn)], global_batch_size=global_batch_size, seed=seed,
-                        process_index=process_index, process_count=process_count, shuffle=shuffle,
-                        num_epochs=num_epochs, drop_remainder=drop_remainder, worker_count=worker_count,
-                        read_options=read_options)
 
 
 # -------------------------------------------------------------------------- text -> MLM examples (demo path)

@@ -24,7 +24,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from bert_jax.data.pretraining import PretrainingDataSource
+from bert_jax.data.records import PretrainingDataSource
 
 __all__ = ["DatasetNotPreparedError", "tfds_source", "TfdsSource", "PretrainingDataSource", "pretraining_source",
            "TextLinesSource", "JsonlSource", "CsvSource", "InMemorySource", "expand_paths"]

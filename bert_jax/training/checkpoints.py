@@ -21,6 +21,7 @@ import time
 from typing import Any, Callable, Mapping, Optional, Tuple
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from bert_jax.training import paths
@@ -214,8 +215,12 @@ def abstract_like(tree: Any) -> Any:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
 
 
-def restore_params(directory: paths.PathLike, abstract_params: Any, step: Optional[int] = None) -> Any:
-    """Params only from a bert_jax checkpoint directory, local or gs:// (to initialise a fine-tuning run)."""
+def restore_params(directory: paths.PathLike, abstract_params: Any, step: Optional[int] = None,
+                   host: bool = False) -> Any:
+    """Params only from a bert_jax checkpoint directory, local or gs:// (to initialise a fine-tuning run).
+
+    Onto the shardings `abstract_params` carries; with `host`, as numpy arrays (whole, in host memory,
+    on no device: for a caller that converts them before placing each leaf on its shards)."""
     manager = ocp.CheckpointManager(paths.workdir_path(directory), item_names=(STATE, DATA))
     steps = [step] if step is not None else sorted(manager.all_steps())[-1:]
     if not steps:
@@ -226,9 +231,12 @@ def restore_params(directory: paths.PathLike, abstract_params: Any, step: Option
     # Onto the target's shardings when it has them (orbax's fallback, the saved sharding file, is only safe on
     # the topology that saved it).
     sharded = all(getattr(x, "sharding", None) is not None for x in jax.tree.leaves(abstract_params))
+    if host:
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+    else:
+        restore_args = ocp.checkpoint_utils.construct_restore_args(item) if sharded else None
     restored = manager.restore(steps[0], args=ocp.args.Composite(**{STATE: ocp.args.PyTreeRestore(
-        item=item, partial_restore=True,
-        restore_args=ocp.checkpoint_utils.construct_restore_args(item) if sharded else None)}))
+        item=item, partial_restore=True, restore_args=restore_args)}))
     manager.close()
     return restored[STATE]["params"]
 

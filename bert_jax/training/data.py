@@ -15,7 +15,8 @@ import numpy as np
 
 from bert_jax.data import pipeline
 from bert_jax.data.dynamic import DynamicMasker
-from bert_jax.tokenization import BertTokenizer, train_wordpiece
+from bert_jax.tokenization import BertTokenizer
+from bert_jax.wordpiece import train_wordpiece
 from bert_jax.training import paths
 
 logger = logging.getLogger(__name__)

@@ -78,11 +78,15 @@ class EpochSampler:
         return {"epoch": self.epoch, "position": self.position}
 
 
-def _local_rows(global_rows: np.ndarray) -> np.ndarray:
-    """This process's contiguous block of a global batch (processes in order, as make_global_batch
-    expects when the batch axes span processes)."""
-    per_process = len(global_rows) // jax.process_count()
-    start = jax.process_index() * per_process
+def _local_rows(global_rows: np.ndarray, process_index: Optional[int] = None,
+                process_count: Optional[int] = None) -> np.ndarray:
+    """This process's contiguous block [len(global_rows) // process_count] of a global batch
+    (processes in order, as make_global_batch expects when the batch axes span processes). The
+    process defaults to this one (arguments: for tests that play several processes)."""
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    per_process = len(global_rows) // process_count
+    start = process_index * per_process
     return global_rows[start:start + per_process]
 
 

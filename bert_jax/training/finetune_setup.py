@@ -22,14 +22,14 @@ import ml_collections
 import numpy as np
 from etils import epath
 from flax import traverse_util
-from jax.sharding import NamedSharding, PartitionSpec
 
 from bert_jax import sharding
 from bert_jax.config import BertConfig
 from bert_jax.modeling import (BertForMultipleChoice, BertForQuestionAnswering, BertForSequenceClassification,
                                BertForTokenClassification, BertModel)
 from bert_jax.tasks import Features, Task, get_task
-from bert_jax.tokenization import BertTokenizer, train_wordpiece
+from bert_jax.tokenization import BertTokenizer
+from bert_jax.wordpiece import train_wordpiece
 from bert_jax.training import checkpoints, loop, paths
 
 logger = logging.getLogger(__name__)
@@ -202,16 +202,26 @@ def build_model_config(config, task: Task, tokenizer: BertTokenizer) -> BertConf
 
 # -------------------------------------------------------------------------------- encoder weights
 def _load_hf_encoder(source: str, run: Run) -> dict:
-    """The `bert` subtree (BertModel params, pooler included) of an HF checkpoint, host arrays."""
+    """The `bert` subtree (BertModel params, pooler included) of an HF checkpoint: what it holds as
+    host arrays, what it lacks (e.g. the pooler) initialised sharded, with the values a BertModel
+    init from `config.seed` gives them."""
     from bert_jax.hf import load_hf_checkpoint
     jax_side = {k: getattr(run.model_config, k) for k in ("param_dtype", "scan_layers")}
-    _, params = load_hf_checkpoint(source, BertModel, rng=jax.random.PRNGKey(run.config.seed), **jax_side)
-    return params
+    hf_config, params = load_hf_checkpoint(source, BertModel, host_arrays=True, **jax_side)
+    flat = traverse_util.flatten_dict(params)
+    encoder = BertModel(hf_config)
+    missing = [path for path in traverse_util.flatten_dict(sharding.abstract_params(encoder, run.mesh, run.rules))
+               if path not in flat]
+    if missing:
+        flat.update(sharding.sharded_init(encoder, run.mesh, run.rules, jax.random.PRNGKey(run.config.seed),
+                                          only=missing))
+    return traverse_util.unflatten_dict(flat)
 
 
 def _restore_bert_jax_encoder(source: str, run: Run) -> dict:
     """The `bert` subtree of the latest checkpoint of a bert_jax workdir (pooler only if it has one),
-    in this model's layer layout."""
+    in this model's layer layout: restored onto its shardings, or, when the layout differs, as host
+    arrays converted on the host (placed by `_place_encoder`)."""
     directory = paths.workdir_path(source) / "checkpoints"
     step, saved = checkpoints.saved_params_metadata(directory)
     if step is None:
@@ -223,20 +233,20 @@ def _restore_bert_jax_encoder(source: str, run: Run) -> dict:
     wanted = run.abstract_params()["bert"]
     scanned = run.model_config.scan_layers
     if not set(traverse_util.flatten_dict(_without_pooler(wanted))) <= saved_keys:
-        # The checkpoint has the other layer layout: restore in that one, convert on the host.
+        # The checkpoint has the other layer layout: restore in that one to host memory, convert there.
         other = BertModel(run.model_config.replace(scan_layers=not scanned))
-        shapes = nn.meta.unbox(jax.eval_shape(lambda: other.init(jax.random.PRNGKey(0),
+        target = nn.meta.unbox(jax.eval_shape(lambda: other.init(jax.random.PRNGKey(0),
                                                                  jnp.zeros((1, 8), jnp.int32))["params"]))
-        replicated = NamedSharding(run.mesh, PartitionSpec())
-        target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), shapes)
     else:
         target = wanted
     flat = {k: v for k, v in traverse_util.flatten_dict(target).items() if k in saved_keys}
     restored = checkpoints.restore_params(directory, {"bert": traverse_util.unflatten_dict(flat)},
-                                          step=step)["bert"]
+                                          step=step, host=target is not wanted)["bert"]
     if target is not wanted:
-        from bert_jax.hf import convert_layer_layout
-        restored = convert_layer_layout(jax.device_get(restored), run.model_config.num_hidden_layers, scanned)
+        from bert_jax.hf import stack_layers, unstack_layers
+        layers, flat = run.model_config.num_hidden_layers, traverse_util.flatten_dict(restored)
+        restored = traverse_util.unflatten_dict(stack_layers(flat, layers) if scanned
+                                                else unstack_layers(flat, layers))
     return restored
 
 

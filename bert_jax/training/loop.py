@@ -21,7 +21,6 @@ import collections
 import dataclasses
 import logging
 import os
-import signal
 import time
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -35,6 +34,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from bert_jax import sharding
 from bert_jax.training import checkpoints, metrics as metrics_lib, paths, steps
+from bert_jax.training.preemption import Preemption
 
 logger = logging.getLogger(__name__)
 
@@ -48,29 +48,6 @@ class InvalidDataError(ValueError):
 
 
 INVALID = "invalid_"  # step metrics `invalid_<field>`: invalid entries of that batch field (not logged)
-
-
-class Preemption:
-    """Turns SIGTERM into a flag the loop checks after each step (then saves and exits cleanly)."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread (e.g. a notebook worker): no handler
-            self._previous = None
-        return self
-
-    def _handle(self, signum, frame):
-        logger.warning("SIGTERM received: saving a checkpoint and stopping")
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
 
 
 # ------------------------------------------------------------------------------------ the contract
@@ -250,7 +227,8 @@ def train(config, workdir: paths.PathLike, task: LoopTask, built: Built, ckpt: c
           state: steps.TrainState) -> LoopResult:
     """Runs `state` to `task.total_steps`; logs every `config.log_every` steps (and at the end),
     evaluates as the task asks, saves every `config.checkpoint_every` steps (> 0), at every ranked
-    evaluation, at the end and on SIGTERM. Closes `ckpt`."""
+    evaluation, at the end and on SIGTERM (at a step every process agrees on, see `preemption`).
+    Closes `ckpt`."""
     workdir = paths.workdir_path(workdir)
     is_main = jax.process_index() == 0
     mesh, rules, total = built.mesh, built.rules, task.total_steps
@@ -266,7 +244,8 @@ def train(config, workdir: paths.PathLike, task: LoopTask, built: Built, ckpt: c
     profile_at = config.get("profile_steps", 0)
     every = config.checkpoint_every
     progress = metrics_lib.ProgressBar(total, initial=start_step, enabled=is_main and config.get("progress_bar", True))
-    with sharding.activation_context(mesh, rules), Preemption() as preemption, progress:
+    preemption = Preemption(config.get("preemption_check_every", 10))
+    with sharding.activation_context(mesh, rules), preemption, progress:
         for step in range(start_step, total):
             if profile_at and step == start_step + 2:
                 jax.profiler.start_trace(os.fspath(workdir / "profile"))
@@ -277,11 +256,12 @@ def train(config, workdir: paths.PathLike, task: LoopTask, built: Built, ckpt: c
             if profile_at and step == start_step + 2 + profile_at:
                 jax.profiler.stop_trace()
             done = step + 1
+            stop = preemption.should_stop(done)  # the same on every process: they save and stop together
             is_last = done == total
             is_log = done % config.log_every == 0 or is_last
             is_eval = (is_last and task.eval_at_end) or bool(task.eval_every) and done % task.eval_every == 0
             rank = is_eval and task.best_metric is not None  # every evaluated state is a best candidate: save it
-            is_save = is_last or preemption.requested or rank or (every > 0 and done % every == 0)
+            is_save = is_last or stop or rank or (every > 0 and done % every == 0)
             if not (is_log or is_save or is_eval):
                 continue  # the step stays in flight: no host sync between log points
             fetched = jax.device_get(pending)
@@ -312,7 +292,7 @@ def train(config, workdir: paths.PathLike, task: LoopTask, built: Built, ckpt: c
             if is_save and ckpt.save(done, state, task.data_state(), metrics=eval_metrics if rank else None,
                                      force=True):
                 last_good = done
-            if preemption.requested:
+            if preemption.should_stop(done):  # one process: also a SIGTERM that came during this eval/save
                 if last_good != done:  # SIGTERM arrived after this step's save check
                     unchecked = jax.device_get(pending)
                     pending = []

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from flax import traverse_util
 
 from bert_jax import flops, sharding
 from bert_jax.config import BertConfig
@@ -262,9 +263,18 @@ def _initial_params(config, model, mesh, rules, shardings):
         return sharding.sharded_init(model, mesh, rules, jax.random.PRNGKey(config.seed), shardings=shardings)
     source_dir = paths.workdir_path(source)  # a local HF directory, or a bert_jax workdir (local or gs://)
     if (source_dir / "config.json").is_file() and not (source_dir / "checkpoints").is_dir():
+        # Host arrays, each leaf put straight onto its shards; what the checkpoint lacks (e.g. the heads)
+        # is initialised sharded, with the values `load_hf_checkpoint`'s own init (key 0) gives it.
         from bert_jax.hf import load_hf_checkpoint
-        _, params = load_hf_checkpoint(source, type(model), **{"scan_layers": model.config.scan_layers})
-        return sharding.shard_params(params, shardings)
+        hf_config, params = load_hf_checkpoint(source, type(model), host_arrays=True,
+                                               **{"scan_layers": model.config.scan_layers})
+        flat, flat_shardings = traverse_util.flatten_dict(params), traverse_util.flatten_dict(shardings)
+        placed = {path: jax.device_put(value, flat_shardings[path]) for path, value in flat.items()}
+        missing = [path for path in flat_shardings if path not in placed]
+        if missing:
+            placed.update(sharding.sharded_init(type(model)(hf_config), mesh, rules, jax.random.PRNGKey(0),
+                                                shardings=shardings, only=missing))
+        return traverse_util.unflatten_dict(placed)
     abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                             jax.eval_shape(lambda: sharding.sharded_init(model, mesh, rules, shardings=shardings)),
                             shardings)
