@@ -29,8 +29,10 @@ def rows(directory):
 def kernel(r):
     if r["impl"] == "xla":
         return "xla"
-    # pallas_tpu: the library flash kernel; calls with attention dropout go to bert_jax's own flash kernel.
-    return "Pallas flash (fused)" if r["dropout"] in ("0", "0.0") else "own Pallas flash, in-kernel dropout"
+    if r["impl"] == "flash" or r["dropout"] not in ("0", "0.0"):
+        # pallas_tpu hands calls with attention dropout to bert_jax's own flash kernel (modeling/flash.py).
+        return "own Pallas flash" + (", in-kernel dropout" if r["dropout"] not in ("0", "0.0") else "")
+    return "Pallas flash (fused)"  # pallas_tpu: the library kernel (jax.experimental.pallas.ops.tpu)
 
 
 def table(directory):
