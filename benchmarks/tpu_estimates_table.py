@@ -18,19 +18,30 @@ def rows(directory):
         name = os.path.basename(path)[:-5]
         with open(path) as f:
             d = json.load(f)
-        parts = name.split("-")  # "v5p-8-base-128-xla[-scan-dots]"
+        parts = name.split("-")  # "v5p-8-base-128-xla[-drop0.1][-scan-dots]"
         topo, size, seq, impl, rest = "-".join(parts[:2]), parts[2], parts[3], parts[4], parts[5:]
+        drop = next((p[len("drop"):] for p in rest if p.startswith("drop")), "0")
+        rest = [p for p in rest if not p.startswith("drop")]
         yield {**d, "name": name, "topology": topo, "size": size, "seq": int(seq), "impl": impl,
-               "variant": "scan + remat (dots, no batch dims)" if rest else "unrolled, no remat"}
+               "dropout": drop, "variant": "scan + remat (dots, no batch dims)" if rest else "unrolled, no remat"}
+
+
+def kernel(r):
+    if r["impl"] == "xla":
+        return "xla"
+    if r["impl"] == "flash" or r["dropout"] not in ("0", "0.0"):
+        # pallas_tpu hands calls with attention dropout to bert_jax's own flash kernel (modeling/flash.py).
+        return "own Pallas flash" + (", in-kernel dropout" if r["dropout"] not in ("0", "0.0") else "")
+    return "Pallas flash (fused)"  # pallas_tpu: the library kernel (jax.experimental.pallas.ops.tpu)
 
 
 def table(directory):
-    out = ["| topology | model | seq | attention | layers | per-device memory (GiB) | est. step (ms) "
+    out = ["| topology | model | seq | attention | attention dropout | layers | per-device memory (GiB) | est. step (ms) "
            "| est. tokens/s (slice) | est. tokens/s per chip | MFU implied | XLA / model FLOPs |",
-           "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|"]
+           "|---|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     order = {"v5p-8": 0, "v4-8": 1}
     for r in sorted(rows(directory), key=lambda r: (order.get(r["topology"], 9), r["size"], r["seq"],
-                                                     r["variant"], r["impl"])):
+                                                     r["variant"].startswith("scan"), r["dropout"], r["impl"])):
         chips = r["num_devices"]
         if r["xla_flops_per_device"] < 0.5 * r["model_flops_per_device"]:
             # XLA's cost analysis counts the scanned layer loop's body once: its time is not a step time.
@@ -42,7 +53,7 @@ def table(directory):
         else:
             timing = "n/a | n/a | n/a | n/a"
         out.append(f"| {r['topology']} | BERT-{r['size']} | {r['seq']} | "
-                   f"{'xla' if r['impl'] == 'xla' else 'Pallas flash (fused)'} | {r['variant']} | "
+                   f"{kernel(r)} | {r['dropout']} | {r['variant']} | "
                    f"{r['total_bytes_per_device'] / 2**30:.2f} | {timing} | "
                    f"{r['xla_flops_per_device'] / r['model_flops_per_device']:.3f} |")
     return "\n".join(out)

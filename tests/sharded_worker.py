@@ -7,7 +7,7 @@ and gradients with every attention kernel that runs on CPU (Pallas ones interpre
 to OUT_DIR/results.json. The compiler's warnings go to this process's stderr, which the test reads
 (XLA logs "Involuntary full rematerialization" there).
 
-    python tests/sharded_worker.py OUT_DIR [IMPLS]
+    python tests/sharded_worker.py OUT_DIR [IMPLS [ATTENTION_DROPOUT [MESHES]]]
 """
 
 import json
@@ -18,6 +18,18 @@ os.environ["XLA_FLAGS"] = " ".join([f for f in os.environ.get("XLA_FLAGS", "").s
                                     if "xla_force_host_platform_device_count" not in f]
                                    + ["--xla_force_host_platform_device_count=8"])
 os.environ["JAX_PLATFORMS"] = "cpu"
+# Threads (not cores) for XLA:CPU's client pool, sized by PJRT_NPROC (else the number of cores: 2
+# here). The Pallas TPU interpreter runs a kernel as host callbacks on every device's thread, with
+# cross-device barriers, and each callback first puts its operands on CPU device 0 (`jax.device_put`
+# in io_callback). With the default pool `pallas_tpu` deadlocked as soon as kernel operands grew: on 2
+# devices with 64 KiB per-shard q/k/v (not with 32 KiB), and in the backward pass on 8 devices (not in
+# the 8-device forward, 32 KiB operands). Every device thread sat in `np.array(val)` of the
+# interpreter's `_allocate_buffer`, i.e. waiting for that device_put; XLA:CPU copies larger host
+# buffers asynchronously on the pool, whose threads the blocked device programs evidently hold (the
+# likely mechanism). A 16-thread pool ran every case (threads, not cores: they mostly wait). Set only
+# where pallas_tpu runs; the other kernels keep the default pool.
+if "pallas_tpu" in (sys.argv[2] if len(sys.argv) > 2 else "pallas_tpu"):
+    os.environ.setdefault("PJRT_NPROC", "16")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
@@ -29,16 +41,15 @@ from tests.cases import TINY  # noqa: E402
 
 # (data, fsdp, tensor): data x fsdp (the embedding case of issue 14), and all three axes at once.
 MESHES = [(2, 4, 1), (2, 2, 2), (1, 2, 4)]
-# The kernels to run (argv[2], comma-separated; the first is the reference). `pallas_tpu` is traced
-# only (its shard_map checked, not run): TPU interpret mode simulates all devices with a cross-device
-# threading.Barrier per kernel, and XLA:CPU runs fewer device threads than 8 fake devices on a 2-core
-# machine, so it deadlocks there. Its numerics are checked on one device (tests/test_attention.py)
-# and its sharded compile by the TPU compiler (tests/test_tpu_compile.py).
+# The kernels to run (argv[2], comma-separated; the first is the reference). Pallas kernels run
+# interpreted (`pallas_tpu` in TPU interpret mode, which simulates all devices of the shard_map).
 IMPLS = (sys.argv[2] if len(sys.argv) > 2 else "xla,pallas_gpu,pallas_tpu").split(",")
 # argv[3] = attention dropout rate (default 0). With dropout the reference is `xla_counter`: the unfused
 # step drawing the counter-based mask `flash` draws in-kernel, for the whole (unsharded) call.
 ATTENTION_DROPOUT = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
-TRACE_ONLY = {"pallas_tpu"}
+# argv[4]: meshes to run, e.g. "2x2x2,1x2x4" (default: all of MESHES).
+if len(sys.argv) > 4:
+    MESHES = [tuple(int(n) for n in m.split("x")) for m in sys.argv[4].split(",")]
 # 8 heads of 8 so tensor=4 splits heads; 128 positions: the TPU kernel's block.
 CONFIG = {**TINY, "vocab_size": 96, "hidden_size": 64, "num_attention_heads": 8, "intermediate_size": 64,
           "max_position_embeddings": 128, "attention_probs_dropout_prob": ATTENTION_DROPOUT}
@@ -82,9 +93,6 @@ def main(out_dir: str) -> None:
                            out_shardings=(None, shardings))
             with S.activation_context(mesh, S.DEFAULT_RULES):
                 jaxpr = str(jax.make_jaxpr(loss_and_grads)(params, batch))
-                if impl in TRACE_ONLY:
-                    results[name][impl] = {"shard_map": "shard_map" in jaxpr}
-                    continue
                 loss, grads = step(params, batch)
             grads = jax.tree.map(np.asarray, grads)
             grads_ref = grads if grads_ref is None else grads_ref
