@@ -94,3 +94,59 @@ def test_command_line_is_absl():
         benchmark.parse_args(["--config=huge"])
     with pytest.raises(Exception, match="mlm_head"):
         benchmark.parse_args(["--mlm_head=sparse,wide"])
+
+
+def test_profile_traces_the_train_step_and_attributes_its_ops(tmp_path):
+    """--profile: a trace lands in the directory, and its ops are joined with the compiled HLO: the
+    encoder's matmuls are found by their source path, dropout's RNG is its own category, the category
+    totals add up to the op total, and the markdown/JSON files are written."""
+    import json
+
+    from bert_jax.benchmark.report import write_profiles
+
+    result = benchmark.run_benchmark(config="tiny", batch=2, seq=32, steps=1, warmup=1, modes=("train",),
+                                     heads=("sparse",), torch=False, matmul_size=0, profile_dir=str(tmp_path),
+                                     profile_steps=2, log=lambda *a: None)
+    prof = result["profiles"]["train/sparse"]
+    assert prof["op_ms"] > 0 and prof["n_ops"] > 20
+    assert sum(prof["categories"].values()) == pytest.approx(prof["op_ms"], rel=1e-6)
+    assert prof["categories"]["matmul"] > 0 and prof["categories"]["rng"] > 0
+    assert prof["categories"]["optimizer"] > 0
+    sources = [r["source"] for r in prof["ops"] if r["category"] == "matmul"]
+    assert any("bert/encoder/layer/" in s or "cls/predictions" in s for s in sources), sources
+    assert [r["ms"] for r in prof["ops"]] == sorted((r["ms"] for r in prof["ops"]), reverse=True)
+    write_profiles(str(tmp_path), result, "python -m bert_jax.benchmark --profile=X")
+    text = (tmp_path / "profile.md").read_text()
+    assert "| matmul |" in text and "### jax train/sparse" in text
+    assert json.loads((tmp_path / "profile.json").read_text())["profiles"]["train/sparse"]["n_ops"] == prof["n_ops"]
+
+
+def test_parse_hlo_reads_tuple_shapes_and_fused_bodies():
+    from bert_jax.benchmark.profile import categorize, parse_hlo
+
+    hlo = """HloModule m
+
+%fused_computation.1 (param_0: f32[4,8], param_1: f32[8,2]) -> f32[4,2] {
+  %param_0 = f32[4,8]{1,0} parameter(0)
+  %param_1 = f32[8,2]{1,0} parameter(1)
+  ROOT %dot.1 = f32[4,2]{1,0} dot(%param_0, %param_1), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+
+%fused_computation.2 (param_0.1: f32[4,2]) -> f32[2,4] {
+  %param_0.1 = f32[4,2]{1,0} parameter(0)
+  ROOT %transpose.1 = f32[2,4]{0,1} transpose(%param_0.1), dimensions={1,0}
+}
+
+ENTRY %main (a: f32[4,8], b: f32[8,2]) -> f32[2,4] {
+  %a = f32[4,8]{1,0} parameter(0)
+  %b = f32[8,2]{1,0} parameter(1)
+  %loop = (s32[], /*index=1*/u32[4]{0}) while(%t), condition=%c, body=%w, metadata={op_name="jit(f)/bert/encoder/Dropout_0/jit(_bernoulli)/while"}
+  %fusion.1 = f32[4,2]{1,0} fusion(%a, %b), kind=kCustom, calls=%fused_computation.1, metadata={op_name="jit(f)/bert/encoder/layer/0/intermediate/dense/dot_general"}
+  ROOT %fusion.2 = f32[2,4]{0,1} fusion(%fusion.1), kind=kLoop, calls=%fused_computation.2, metadata={op_name="jit(f)/bert/encoder/transpose"}
+}
+"""
+    ins = parse_hlo(hlo)
+    assert ins["loop"]["opcode"] == "while" and ins["loop"]["shape"] == "(s32[], /*index=1*/u32[4])"
+    assert ins["fusion.1"]["body"] == "parameter parameter dot" and ins["fusion.1"]["kind"] == "kCustom"
+    assert [categorize(n, ins[n]) for n in ("loop", "fusion.1", "fusion.2")] == ["rng", "matmul", "layout"]
+    assert categorize("unknown", None) == "other"

@@ -9,7 +9,7 @@ from typing import Any, Dict, Optional, Sequence
 from absl import flags
 
 from bert_jax.benchmark.inputs import MODEL_CONFIGS
-from bert_jax.benchmark.report import MAX_BACKGROUND_CORES, format_markdown, write_output
+from bert_jax.benchmark.report import MAX_BACKGROUND_CORES, format_markdown, write_output, write_profiles
 from bert_jax.benchmark.runner import run_benchmark
 
 
@@ -39,6 +39,10 @@ def define_flags(fv: flags.FlagValues) -> None:
                       flag_values=fv)
     flags.DEFINE_integer("matmul_size", 4096, "CPU reference matmul size (0 = skip).", flag_values=fv)
     flags.DEFINE_integer("seed", 0, "Seed of the synthetic batch and the parameters.", flag_values=fv)
+    flags.DEFINE_string("profile", None, "Also trace --profile_steps JAX steps of each variant (after timing it) "
+                        "into this directory and print the top ops by time (bert_jax.benchmark.profile); the "
+                        "tables go to DIR/profile.md and DIR/profile.json.", flag_values=fv)
+    flags.DEFINE_integer("profile_steps", 3, "Steps traced per variant with --profile.", flag_values=fv)
     flags.DEFINE_string("output", None, "Append the markdown report to this file (refused when other processes "
                         f"kept more than {MAX_BACKGROUND_CORES} cores busy while timing).", flag_values=fv)
     flags.DEFINE_bool("output_when_loaded", False, "Write --output even from a loaded machine; the file then says "
@@ -63,11 +67,15 @@ def main(argv: Optional[Sequence[str]] = None, fv: Optional[flags.FlagValues] = 
     result = run_benchmark(config=fv.config, batch=fv.batch, seq=fv.seq, dtype=fv.dtype, steps=fv.steps,
                            warmup=fv.warmup, modes=fv.mode, heads=fv.mlm_head, torch=fv.torch,
                            mlm_fraction=fv.mlm_fraction, attention_impl=fv.attention_impl, dropout=fv.dropout,
-                           matmul_size=fv.matmul_size, seed=fv.seed, interleave=fv.interleave)
+                           matmul_size=fv.matmul_size, seed=fv.seed, interleave=fv.interleave,
+                           profile_dir=fv.profile, profile_steps=fv.profile_steps)
     command = "python -m bert_jax.benchmark " + " ".join(shlex.quote(a) for a in argv)
     text = format_markdown(result, command)
     print()
     print(text)
+    if fv.profile:
+        write_profiles(fv.profile, result, command)
+        print(f"[benchmark] op profiles in {fv.profile}/profile.md")
     if fv.output:
         write_output(fv.output, text, result, allow_loaded=fv.output_when_loaded)
         print(f"[benchmark] appended to {fv.output}")

@@ -94,7 +94,7 @@ def prepare_jax(config: BertConfig, data: Dict[str, np.ndarray], mode: str, head
             return peak, "device peak_bytes_in_use (process)"
         return _memory_analysis_bytes(compiled), "XLA memory_analysis"
 
-    return Prepared(step=step, compile_s=compile_s, memory=memory, close=state.clear,
+    return Prepared(step=step, compile_s=compile_s, memory=memory, close=state.clear, hlo_text=compiled.as_text,
                     loss=lambda: None if state.get("loss") is None else float(state["loss"]))
 
 

@@ -45,6 +45,7 @@ class Prepared:
     loss: Callable[[], Optional[float]]  # last training loss
     memory: Callable[[], Tuple[Optional[int], str]]  # (peak bytes, how it was measured)
     close: Callable[[], None] = lambda: None
+    hlo_text: Callable[[], str] = lambda: ""  # the compiled step's HLO (JAX only), for `--profile`
 
 
 def _finish(prep: Prepared, times: List[float]) -> Dict[str, Any]:

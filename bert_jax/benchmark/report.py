@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 from typing import Any, Dict, Optional
 
@@ -97,3 +98,21 @@ def write_output(path: str, text: str, result: Dict[str, Any], allow_loaded: boo
         text = (f"> **Contaminated:** other processes kept up to {load:.2f} cores busy while timing "
                 f"(limit {MAX_BACKGROUND_CORES}); written with --output_when_loaded. Not a result.\n\n" + text)
     append_markdown(path, text)
+
+
+def write_profiles(directory: str, result: Dict[str, Any], command: str) -> None:
+    """DIR/profile.md (the op tables, headed by the command and the machine) and DIR/profile.json."""
+    from bert_jax.benchmark.profile import format_profile
+
+    os.makedirs(directory, exist_ok=True)
+    meta = result["meta"]
+    load = max_background_cores(result)
+    head = [f"# Op profile · {meta['config']} · batch {meta['batch']} · seq {meta['seq']} · {meta['dtype']} · "
+            f"{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}", "", "```", command, "```", "",
+            f"- machine: {meta['cpu']}, {meta['cores']} cores; other processes' load while timing: "
+            + ("n/a" if load is None else f"{load:.2f} cores"), ""]
+    sections = [format_profile(f"jax {key}", prof) for key, prof in result.get("profiles", {}).items()]
+    with open(os.path.join(directory, "profile.md"), "w", encoding="utf-8") as f:
+        f.write("\n".join(head) + "\n" + "\n\n".join(sections) + "\n")
+    with open(os.path.join(directory, "profile.json"), "w", encoding="utf-8") as f:
+        json.dump(dict(command=command, meta=meta, profiles=result.get("profiles", {})), f, indent=1, default=str)

@@ -6,13 +6,14 @@ import dataclasses
 import gc
 import os
 import statistics
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import jax
 import numpy as np
 
 from bert_jax.benchmark.inputs import make_config, synthetic_batch
 from bert_jax.benchmark.jax_side import prepare_jax
+from bert_jax.benchmark import profile as op_profile
 from bert_jax.benchmark.measure import (Row, _cpu_snapshot, _finish, _time_steps, background_cores, machine_info,
                                         measure_matmul_flops, measure_torch_matmul_flops, num_cores)
 from bert_jax.benchmark.report import format_markdown
@@ -25,8 +26,11 @@ def run_benchmark(config: str = "base", batch: int = 8, seq: int = 128, dtype: s
                   warmup: int = 3, modes: Sequence[str] = ("train", "infer"),
                   heads: Sequence[str] = ("sparse", "dense"), torch: bool = True, mlm_fraction: float = 0.15,
                   attention_impl: str = "xla", dropout: bool = True, matmul_size: int = 4096, seed: int = 0,
-                  interleave: bool = True, log=print) -> Dict[str, Any]:
-    """Runs every (framework, mode, head) variant; returns {'rows', 'ratios', 'meta', 'markdown'}."""
+                  interleave: bool = True, profile_dir: Optional[str] = None, profile_steps: int = 3,
+                  log=print) -> Dict[str, Any]:
+    """Runs every (framework, mode, head) variant; returns {'rows', 'ratios', 'meta', 'markdown'} (and
+    'profiles': {"mode/head": profile} when `profile_dir` is set: after each JAX variant has been timed,
+    `profile_steps` more steps are traced into `profile_dir/<mode>-<head>`, see `bert_jax.benchmark.profile`)."""
     for m in modes:
         if m not in ("train", "infer"):
             raise ValueError(f"mode must be train or infer, got {m!r}")
@@ -77,6 +81,7 @@ def run_benchmark(config: str = "base", batch: int = 8, seq: int = 128, dtype: s
     meta["n_params"] = int(sum(np.prod(x.shape) for x in jax.tree.leaves(model_params_host)))
 
     rows: List[Row] = []
+    profiles: Dict[str, Dict[str, Any]] = {}
     frameworks = ("jax", "torch") if run_torch else ("jax",)
     for mode in modes:
         for head in heads:
@@ -99,6 +104,12 @@ def run_benchmark(config: str = "base", batch: int = 8, seq: int = 128, dtype: s
                 for fw in frameworks:
                     times[fw] = _time_steps(prepared[fw].step, steps, warmup)
             background = background_cores(snap, _cpu_snapshot())
+            if profile_dir and "jax" in prepared:
+                log(f"[benchmark] jax {mode} {head}: tracing {profile_steps} steps into {profile_dir} ...")
+                prof = op_profile.profile_steps(prepared["jax"].step, prepared["jax"].hlo_text(), profile_steps,
+                                                os.path.join(profile_dir, f"{mode}-{head}"))
+                profiles[f"{mode}/{head}"] = prof
+                log(op_profile.format_profile(f"jax {mode} {head}", prof))
             for fw in frameworks:
                 r = _finish(prepared.pop(fw), times[fw])
                 step_s = statistics.median(r["times"])
@@ -129,5 +140,7 @@ def run_benchmark(config: str = "base", batch: int = 8, seq: int = 128, dtype: s
     except OSError:
         pass
     result = dict(rows=[dataclasses.asdict(r) for r in rows], ratios=ratios, ratios_min=ratios_min, meta=meta)
+    if profile_dir:
+        result["profiles"] = profiles
     result["markdown"] = format_markdown(result)
     return result
