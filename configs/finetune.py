@@ -27,6 +27,9 @@ DATA_DIR = Arg(str, "", None, "the task's files in their original format (empty:
 def base_config(task_name: str) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
+    # Dropout's random bits: "threefry" (same masks on any backend and mesh), "rbg" / "unsafe_rbg" (cheaper;
+    # see bert_jax.training.loop.set_prng_impl). A run resumes under the implementation it started with.
+    c.prng_impl = "threefry"
     c.mode = "finetune"  # finetune (train + eval on dev, keep the best) | evaluate | predict
     # HF BERT directory (config.json + weights + vocab.txt) or a bert_jax workdir (params of the
     # encoder; the head is new). Empty: a freshly initialised model (tests, demos).

@@ -51,6 +51,9 @@ def model_config(size: str) -> ml_collections.ConfigDict:
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
+    # Dropout's random bits: "threefry" (same masks on any backend and mesh), "rbg" / "unsafe_rbg" (cheaper;
+    # see bert_jax.training.loop.set_prng_impl). A run resumes under the implementation it started with.
+    c.prng_impl = "threefry"
     c.mode = "pretrain"
     c.objective = "mlm_nsp"  # or "mlm" (RoBERTa-style, no NSP)
     c.model = model_config("base")

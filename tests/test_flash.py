@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import bert_jax
-from bert_jax.modeling import attention, flash
+from bert_jax.modeling import attention, dropout, flash
 from bert_jax.modeling.attention import AttentionCall, select_kernel
 from tests import cases
 
@@ -91,17 +91,18 @@ def test_keep_fraction_and_independence(rate):
     assert abs(np.mean(keep == other) - agree) < 0.01  # another seed: an unrelated mask
 
 
-def test_xla_keeps_bernoulli_by_default():
-    """`xla` still draws `jax.random.bernoulli` (existing runs reproduce); "counter" is another draw."""
+def test_xla_draws_the_dropout_module_mask_by_default():
+    """`xla` draws `bert_jax.modeling.dropout.keep_mask` (the mask every other dropout site uses) and
+    scales by its exact keep probability; "counter" is another draw."""
     q, k, v, _ = _inputs(64)
 
     @jax.jit
     def run(q, k, v):
         rng = jax.random.PRNGKey(7)
         default = attention.xla_attention(q, k, v, dropout_rate=RATE, dropout_rng=rng)[0]
-        keep = jax.random.bernoulli(rng, 1.0 - RATE, (B, N, 64, 64))
+        keep = dropout.keep_mask(rng, (B, N, 64, 64), RATE)
         probs = jax.nn.softmax(jnp.einsum("bqnd,bknd->bnqk", q, k) * D ** -0.5, axis=-1)
-        by_hand = jnp.einsum("bnqk,bknd->bqnd", jnp.where(keep, probs / (1 - RATE), 0), v)
+        by_hand = jnp.einsum("bnqk,bknd->bqnd", jnp.where(keep, probs / dropout.keep_probability(RATE), 0), v)
         counter = attention.xla_attention(q, k, v, dropout_rate=RATE, dropout_rng=rng, dropout_mask="counter")[0]
         return default, by_hand, counter
 

@@ -35,6 +35,9 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("attention_impl", "xla", "bert_jax attention kernel (xla, dot_product, cudnn, pallas_gpu, "
                         "pallas_tpu, auto).", flag_values=fv)
     flags.DEFINE_bool("dropout", True, "Dropout 0.1 in training on both sides (--nodropout: off).", flag_values=fv)
+    flags.DEFINE_enum("prng_impl", "threefry", ["threefry", "rbg", "unsafe_rbg"], "PRNG implementation of the JAX "
+                      "side's dropout (bert_jax.training.loop.set_prng_impl; torch uses its own generator).",
+                      flag_values=fv)
     flags.DEFINE_bool("interleave", True, "Alternate JAX and torch steps (--nointerleave: one after the other).",
                       flag_values=fv)
     flags.DEFINE_integer("matmul_size", 4096, "CPU reference matmul size (0 = skip).", flag_values=fv)
@@ -64,6 +67,9 @@ def main(argv: Optional[Sequence[str]] = None, fv: Optional[flags.FlagValues] = 
         argv = list(argv or [])
     else:  # run as a program: absl has consumed the flags; the report shows the command line as typed
         argv = sys.argv[1:]
+    from bert_jax.training.loop import set_prng_impl
+
+    set_prng_impl(fv.prng_impl)
     result = run_benchmark(config=fv.config, batch=fv.batch, seq=fv.seq, dtype=fv.dtype, steps=fv.steps,
                            warmup=fv.warmup, modes=fv.mode, heads=fv.mlm_head, torch=fv.torch,
                            mlm_fraction=fv.mlm_fraction, attention_impl=fv.attention_impl, dropout=fv.dropout,

@@ -1,6 +1,6 @@
 """Where a compiled step's time goes: a `jax.profiler` trace of a few steps, its per-op times joined
 with the compiled HLO (opcode, shape and the JAX source path of each op), grouped into the categories
-that matter for a BERT step (matmuls, RNG for dropout, layout copies, gathers, reductions, elementwise,
+that matter for a BERT step (matmuls, dropout (its mask bits, compare and scaling), other RNG, layout copies, gathers, reductions, elementwise,
 optimizer) and printed as a table of the top ops.
 
 `profile_steps(step, hlo_text, steps, trace_dir)` is what `python -m bert_jax.benchmark --profile=DIR`
@@ -28,7 +28,7 @@ _OP_NAME = re.compile(r'op_name="([^"]*)"')
 _KIND = re.compile(r"kind=(k\w+)")
 _CALLS = re.compile(r"calls=%?([\w.\-]+)")
 
-CATEGORIES = ("matmul", "rng", "layout", "gather/scatter", "reduction", "elementwise", "optimizer", "other")
+CATEGORIES = ("matmul", "dropout", "rng", "layout", "gather/scatter", "reduction", "elementwise", "optimizer", "other")
 
 
 def parse_hlo(hlo_text: str) -> Dict[str, Dict[str, str]]:
@@ -88,6 +88,8 @@ def categorize(name: str, info: Optional[Dict[str, str]]) -> str:
     op_name, body, opcode = info["op_name"], info["body"], info["opcode"]
     ops = set(body.split()) - {"parameter", "constant"} if body else {opcode}
     primitive = op_name.rsplit("/", 1)[-1]
+    if "/dropout/" in op_name or "/Dropout_" in op_name:
+        return "dropout"  # masks (bits, compare) and their scaling, forward and backward
     if any(k in op_name for k in ("threefry", "random_bits", "random_fold_in", "random_split", "bernoulli", "_uniform")) or (
             "rng-bit-generator" in ops):
         return "rng"
@@ -145,7 +147,8 @@ def _op_events(trace_dir: str):
 def profile_steps(step: Callable[[], None], hlo_text: str, steps: int, trace_dir: str,
                   top: int = 25) -> Dict[str, Any]:
     """Traces `steps` calls of `step` (synchronous) into `trace_dir` and returns
-    {'step_ms', 'op_ms', 'categories': {category: ms per step}, 'ops': [top rows], 'trace_dir'}; each op
+    {'step_ms', 'op_ms', 'categories': {category: ms per step}, 'ops': [top rows], 'by_source': [top
+    (category, source path with the layer index summed over) groups], 'trace_dir'}; each op
     row has name, category, ms per step, share of the summed op time, calls per step, opcode, shape and
     its JAX source path. Op times are summed over threads, so on several cores they can exceed the
     step's wall time."""
@@ -174,8 +177,13 @@ def profile_steps(step: Callable[[], None], hlo_text: str, steps: int, trace_dir
         rows.append(dict(name=name, category=category, ms=ns / 1e6 / steps, share=ns / total if total else 0.0,
                          calls=calls[name] / steps, opcode=info["opcode"] if info else "?",
                          shape=info["shape"] if info else "?", source=_short_source(info["op_name"] if info else "")))
+    groups: Dict[tuple, float] = collections.Counter()
+    for r in rows:
+        groups[(r["category"], re.sub(r"layer/\d+/", "layer/*/", r["source"]) or r["name"])] += r["ms"]
+    by_source = [dict(category=c, source=src, ms=ms, share=ms / (total / 1e6 / steps) if total else 0.0)
+                 for (c, src), ms in sorted(groups.items(), key=lambda kv: -kv[1])[:top]]
     return dict(step_ms=wall / steps * 1e3, op_ms=total / 1e6 / steps, categories=categories, ops=rows[:top],
-                n_ops=len(rows), trace_dir=trace_dir)
+                by_source=by_source, n_ops=len(rows), trace_dir=trace_dir)
 
 
 def _short_source(op_name: str) -> str:
@@ -198,6 +206,10 @@ def format_profile(label: str, profile: Dict[str, Any]) -> str:
     for category, ms in sorted(profile["categories"].items(), key=lambda kv: -kv[1]):
         if ms > 0:
             lines.append(f"| {category} | {ms:.2f} | {ms / op_ms:.1%} |")
+    lines += ["", "Summed over the layers (`layer/*`):", "", "| source | category | ms/step | share |",
+              "|---|---|---:|---:|"]
+    for r in profile.get("by_source", ()):
+        lines.append(f"| {r['source'][-110:]} | {r['category']} | {r['ms']:.2f} | {r['share']:.1%} |")
     lines += ["", "| op | category | ms/step | share | opcode | shape | source |", "|---|---|---:|---:|---|---|---|"]
     for r in profile["ops"]:
         lines.append(f"| {r['name']} | {r['category']} | {r['ms']:.2f} | {r['share']:.1%} | {r['opcode']} | "

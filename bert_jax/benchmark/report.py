@@ -30,7 +30,8 @@ def format_markdown(result: Dict[str, Any], command: Optional[str] = None) -> st
         f"python {meta['python']}; torch threads {meta.get('torch_threads', 'n/a')}",
         f"- model: BertForMaskedLM `{meta['config']}` ({meta['n_params'] / 1e6:.1f}M params, "
         f"{meta['n_non_embedding'] / 1e6:.1f}M non-embedding), attention_impl `{meta['attention_impl']}`, "
-        f"dropout {'on (0.1) in train' if meta['dropout'] else 'off'}; {meta['masked_per_row']} masked "
+        f"dropout {'on (0.1) in train, ' + meta.get('prng_impl', 'threefry2x32') if meta['dropout'] else 'off'}; "
+        f"{meta['masked_per_row']} masked "
         f"positions per row (mlm_fraction {meta['mlm_fraction']}); median of {meta['steps']} steps after "
         f"{meta['warmup']} warm-up" + ("; JAX and torch steps interleaved" if meta.get("interleave") else ""),
         f"- heads: *sparse* = vocabulary logits only at the masked positions (JAX `masked_positions`; torch "

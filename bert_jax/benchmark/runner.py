@@ -43,7 +43,8 @@ def run_benchmark(config: str = "base", batch: int = 8, seq: int = 128, dtype: s
     meta = machine_info()
     meta.update(config=config, batch=batch, seq=seq, dtype=dtype, steps=steps, warmup=warmup, masked_per_row=p,
                 mlm_fraction=mlm_fraction, attention_impl=attention_impl, dropout=dropout,
-                interleave=interleave, loadavg_start=meta.pop("loadavg", None))
+                interleave=interleave, loadavg_start=meta.pop("loadavg", None),
+                prng_impl=str(jax.config.jax_default_prng_impl))
 
     torch_reason = None
     if torch:

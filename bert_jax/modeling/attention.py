@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from bert_jax.modeling import flash
+from bert_jax.modeling.dropout import keep_mask, keep_probability
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class AttentionCall:
 def xla_attention(query: Array, key: Array, value: Array, *, mask: Optional[Array] = None,
                   bias: Optional[Array] = None, head_mask: Optional[Array] = None, scale: Optional[float] = None,
                   dropout_rate: float = 0.0, dropout_rng: Optional[Array] = None,
-                  return_probs: bool = False, dropout_mask: str = "bernoulli",
+                  return_probs: bool = False, dropout_mask: str = "bits",
                   **unused) -> Tuple[Array, Optional[Array]]:
     """Reference attention: einsum scores, float32 softmax, per-element dropout on probabilities.
 
@@ -77,7 +78,8 @@ def xla_attention(query: Array, key: Array, value: Array, *, mask: Optional[Arra
         after dropout, as transformers does.
       scale: score scale, default 1/sqrt(D).
       dropout_rate / dropout_rng: dropout on the probabilities; rng None means no dropout.
-      dropout_mask: "bernoulli" (`jax.random.bernoulli`) or "counter" (`flash.dropout_keep`, the
+      dropout_mask: "bits" (`bert_jax.modeling.dropout.keep_mask`: 16-bit draws against an integer
+        threshold, scaled by the exact keep probability) or "counter" (`flash.dropout_keep`, the
         mask the `flash` kernel draws in-kernel from the same rng, so the two agree element by element).
     Returns:
       (context [B, Q, N, D] in query.dtype, probabilities [B, N, Q, K] float32 or None).
@@ -94,7 +96,8 @@ def xla_attention(query: Array, key: Array, value: Array, *, mask: Optional[Arra
         if dropout_mask == "counter":
             keep = flash.dropout_keep_mask(flash.dropout_seed(dropout_rng), probs.shape, dropout_rate)
         else:
-            keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+            keep = keep_mask(dropout_rng, probs.shape, dropout_rate)
+            dropout_rate = 1.0 - keep_probability(dropout_rate)  # the exact rate of the 16-bit threshold
         probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
     if head_mask is not None:
         probs = probs * head_mask.astype(jnp.float32)

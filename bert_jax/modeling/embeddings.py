@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from bert_jax.config import BertConfig
+from bert_jax.modeling.dropout import Dropout
 from bert_jax.modeling.common import layer_norm, weight_init
 
 
@@ -43,7 +44,7 @@ class BertEmbeddings(nn.Module):
             self.token_type_embeddings = embed(cfg.type_vocab_size, (None, "embed"), "token_type_embeddings")
         if cfg.embedding_norm:
             self.LayerNorm = layer_norm(cfg)
-        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+        self.dropout = Dropout(cfg.hidden_dropout_prob)
 
     def __call__(self, input_ids: Optional[jax.Array], token_type_ids: jax.Array, position_ids: jax.Array,
                  inputs_embeds: Optional[jax.Array] = None, deterministic: bool = True) -> jax.Array:

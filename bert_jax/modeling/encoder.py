@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from bert_jax.config import BertConfig
+from bert_jax.modeling.dropout import Dropout
 from bert_jax.modeling.attention import AttentionCall, AttentionMask, select_kernel
 from bert_jax.modeling.common import ACT_FNS, dense, layer_norm, weight_init
 
@@ -133,7 +134,7 @@ class BertSelfOutput(nn.Module):
         cfg = self.config
         x = dense(cfg, cfg.hidden_size, ("heads", "kv", "embed"), "dense", axis=(-2, -1),
                   use_bias=cfg.attention_bias)(context)
-        x = nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+        x = Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
         return _residual(cfg, x, residual)
 
 
@@ -181,7 +182,7 @@ class BertOutput(nn.Module):
     def __call__(self, intermediate: Array, residual: Array, deterministic: bool) -> Array:
         cfg = self.config
         x = dense(cfg, cfg.hidden_size, ("mlp", "embed"), "dense", use_bias=cfg.mlp_bias)(intermediate)
-        x = nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+        x = Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
         return _residual(cfg, x, residual)
 
 

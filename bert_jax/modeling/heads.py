@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from bert_jax.config import BertConfig
+from bert_jax.modeling.dropout import Dropout
 from bert_jax.modeling import losses
 from bert_jax.modeling.common import ACT_FNS, dense, layer_norm, zeros_init
 from bert_jax.modeling.model import BertModel
@@ -126,9 +127,9 @@ def _classifier(config: BertConfig, num_outputs: int, name: str = "classifier") 
     return dense(config, num_outputs, ("embed", None), name)
 
 
-def _classifier_dropout(config: BertConfig) -> nn.Dropout:
+def _classifier_dropout(config: BertConfig) -> Dropout:
     rate = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-    return nn.Dropout(rate)
+    return Dropout(rate)
 
 
 class _BertTaskModel(nn.Module):

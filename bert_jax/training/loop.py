@@ -143,11 +143,31 @@ class Built:
     batch_sharding: NamedSharding
 
 
+PRNG_IMPLS = {"threefry": "threefry2x32", "threefry2x32": "threefry2x32", "rbg": "rbg", "unsafe_rbg": "unsafe_rbg"}
+
+
+def set_prng_impl(name: str) -> str:
+    """Makes `name` the process's default PRNG implementation (what `jax.random.PRNGKey` and every key
+    derived from the run's seed use; JAX_DEFAULT_PRNG_IMPL does the same from the environment).
+
+    "threefry" (JAX's default): the same seed gives the same dropout masks on any backend and any mesh.
+    "rbg" / "unsafe_rbg": XLA's RngBitGenerator, cheaper dropout masks; "rbg" keeps JAX's split/fold_in
+    semantics, "unsafe_rbg" also derives keys with it (fastest; key streams are not guaranteed
+    independent). Masks of the rbg variants may differ across backends, XLA versions and shardings.
+    A run resumes only under the implementation it started with (its checkpointed key has that shape)."""
+    if name not in PRNG_IMPLS:
+        raise ValueError(f"config.prng_impl={name!r}: choose one of {sorted(PRNG_IMPLS)}")
+    jax.config.update("jax_default_prng_impl", PRNG_IMPLS[name])
+    return PRNG_IMPLS[name]
+
+
 def build(config: ml_collections.ConfigDict, model: nn.Module, tx: optax.GradientTransformation, schedule: Callable,
           make_train_step: Callable, mesh, rules, count_invalid: Optional[Callable] = None) -> Built:
     """The abstract sharded state and the jitted donating train step of `make_train_step(tx,
     schedule, micro_batches, skip_nonfinite)` (what the loop runs and `bert_jax.aot` compiles), with
-    `count_invalid(batch)` (a task's `invalid_counts`) checking each batch inside the step."""
+    `count_invalid(batch)` (a task's `invalid_counts`) checking each batch inside the step. Sets the
+    process's PRNG implementation from `config.prng_impl` (`set_prng_impl`) first."""
+    set_prng_impl(config.get("prng_impl", "threefry"))
     abstract = abstract_state(model, tx, mesh, rules, config.seed)
     state_shardings = shardings_of(abstract)
     batch_sharding = sharding.batch_sharding(mesh, rules)
@@ -188,11 +208,29 @@ def fresh_state(built: Built, params, seed: int) -> steps.TrainState:
                             rng=jax.device_put(jax.random.PRNGKey(seed), replicated))
 
 
+def check_prng_impl(config, directory, step: int, key_shape: Tuple[int, ...]) -> None:
+    """ValueError naming `config.prng_impl` when the checkpoint at `step` holds a key of another PRNG
+    implementation (threefry keys are 2 words, rbg keys 4): resuming must not mix the two."""
+    try:
+        saved = tuple(checkpoints.saved_state_metadata(directory, step)["rng"].shape)
+    except Exception:  # unreadable metadata: the restore itself reports (and handles) that checkpoint
+        return
+    if saved != tuple(key_shape):
+        by_words = {2: "threefry", 4: "rbg or unsafe_rbg"}
+        raise ValueError(
+            f"config.prng_impl={config.get('prng_impl', 'threefry')!r} makes keys of shape {tuple(key_shape)}, but "
+            f"the checkpoint at step {step} in {directory} holds a key of shape {saved} "
+            f"(prng_impl {by_words.get(saved[0] if saved else 0, 'unknown')}); resume with the run's prng_impl")
+
+
 def init_or_restore(config, task: LoopTask, built: Built, ckpt: checkpoints.Checkpointer,
                     fresh: bool = True) -> Optional[steps.TrainState]:
     """The latest readable checkpoint restored onto the abstract state (and the task's data position),
     else (with `fresh`) a fresh state from `task.initial_params`, else None."""
-    restored = ckpt.restore(built.abstract) if ckpt.latest_step() is not None else None
+    latest = ckpt.latest_step()
+    if latest is not None:
+        check_prng_impl(config, ckpt.directory, latest, built.abstract.rng.shape)
+    restored = ckpt.restore(built.abstract) if latest is not None else None
     if restored is not None:
         start, state, data_state = restored
         if data_state:
