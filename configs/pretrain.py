@@ -4,6 +4,16 @@ Usage: python -m bert_jax.main --config=configs/pretrain.py:size=base,seq=128,re
 Arguments (comma-separated key=value): size in tiny/mini/small/medium/base/large; seq (max sequence
 length); recipe in google (AdamW, lr 1e-4, warmup 10k, 1M steps, batch 256) / nvidia_lamb_phase1 /
 nvidia_lamb_phase2; runlocal (shrinks everything to a CPU-sized run).
+
+Every BertConfig switch is a `c.model` key with BERT's value (`model_config`; not the fine-tuning labels,
+decoder-only fields or pad_token_id), so any architecture
+switch is a command-line override, e.g. `--config.model.norm_position=pre --config.model.mlp_type=geglu
+--config.model.attention_bias=False`. Optimisation recipes are `c.optim` keys (bert_jax.training.optim):
+`--config.optim.schedule=one_cycle --config.optim.warmup_steps=0 --config.optim.peak_fraction=0.75`,
+`--config.optim.schedule=trapezoidal --config.optim.decay_fraction=0.1 --config.optim.decay_shape=1-sqrt`,
+a batch-size ramp `--config.optim.batch_ramp_to=8 --config.optim.batch_ramp_fraction=0.6` (the data batch
+stays `data.global_batch_size`; the schedule then counts optimizer updates). Published recipes built on
+this file: configs/cramming.py, configs/mosaicbert.py, configs/modernbert.py.
 """
 
 import dataclasses
