@@ -27,7 +27,8 @@ github.com/JonasGeiping/cramming) and how they are set here:
     gradient clipping at global norm 0.5 -> optim.*.
   * schedule "budget-triangle2" (one-cycle): from 25% of the peak at the start, linearly up to the peak
     at 75% of the budget, then linearly down to 0 -> schedule "one_cycle", initial_lr_fraction 0.25,
-    peak_fraction 0.75, no warmup.
+    peak_fraction 0.75, no warmup; laid over the data steps (schedule_counts "data_steps": each data
+    step costs the same time, as the paper's wall-clock budget), not over the ramp's optimizer updates.
   * batch-size ramp: micro-batches of 128 sequences accumulated into a batch that grows linearly and
     reaches 8192 sequences (64 micro-batches) at 60% of the budget -> data.global_batch_size 128,
     optim.batch_ramp_from 1, batch_ramp_to 64, batch_ramp_fraction 0.6.
@@ -40,9 +41,8 @@ Approximated here, and why:
     absolute positions (BERT's) are used.
   * the MLM head: the paper drops the head's dense transform (its decoder reads the last norm's output);
     the head here keeps BERT's transform (dense + GELU + LayerNorm), a few hundred thousand parameters.
-  * budget in steps, not hours: Cramming's schedules read the wall clock; here the one-cycle runs over
-    optimizer updates (with the batch ramp, more of them fall early in the data than in the paper's
-    time-based schedule), and the ramp over data steps. Set `steps` to what your budget trains.
+  * budget in steps, not hours: Cramming's schedules and ramp read the wall clock; here both run over
+    data steps, which cost equal time. Set `steps` to what your budget trains.
   * data: the paper's filtered C4 / bookcorpus-wikipedia subsets are not here; the default source is the
     embedded corpus (data.source), with the vocab trained on it.
 """
@@ -71,7 +71,7 @@ SEQ_LEN, MICRO_BATCH, FINAL_ACCUMULATION, MASKING_RATE = 128, 128, 64, 0.25
 OPTIM = dict(optimizer="adamw", learning_rate=1e-3, b1=0.9, b2=0.98, eps=1e-12, weight_decay=0.01, grad_clip_norm=0.5,
              schedule="one_cycle", peak_fraction=0.75, initial_lr_fraction=0.25, end_learning_rate=0.0,
              warmup_steps=0, warmup_fraction=-1.0, batch_ramp_from=1, batch_ramp_to=FINAL_ACCUMULATION,
-             batch_ramp_fraction=0.6)
+             batch_ramp_fraction=0.6, schedule_counts="data_steps")
 
 
 def max_predictions(seq_len: int, rate: float) -> int:

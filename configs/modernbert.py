@@ -38,8 +38,9 @@ Approximated here, and why:
     gradient-norm clipping at 1.0 standing in for that clipping.
   * weight decay: the decoupled 1e-5 (`wd * lr_t / lr_peak * param`) is optax's `lr_t * wd * param`
     with wd = 1e-5 / lr_peak; biases and norms are excluded (they have no decay in the paper either).
-  * token counts become steps: warmup and the decay are converted to optimizer updates of the batch
-    ramp (`bert_jax.training.optim.accumulation_plan`), the ramp to data steps.
+  * token counts become steps: the data batch is fixed (the ramp accumulates it), so tokens are data
+    steps: warmup, decay and ramp are set in data steps and the schedule counts data steps
+    (schedule_counts "data_steps"), each optimizer update taking the lr of the data step it starts at.
   * unpadding and packing: padded rows with attention masks (same values, more FLOPs) unless the data
     pipeline packs; the vocab is WordPiece trained on the corpus (data.vocab_size 50368).
 """
@@ -51,7 +52,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import pretrain  # noqa: E402  (configs/ is not a package; configs are plain files)
 
 from bert_jax.config_args import Arg, parse  # noqa: E402
-from bert_jax.training.optim import accumulation_plan  # noqa: E402
 
 # size: (layers, hidden, heads, GeGLU width, peak lr, ramp from / to sequences, tokens: warmup, batch ramp)
 SIZES = {"base": (22, 768, 12, 1152, 8e-4, 768, 4608, 3e9, 50e9),
@@ -70,17 +70,6 @@ MODEL = dict(model_type="modernbert", norm_position="pre", norm_type="layernorm"
 SEQ_LEN, MASKING_RATE, PHASE_TOKENS, DECAY_TOKENS = 1024, 0.3, 1.7e12, 50e9
 
 
-def trapezoid_in_updates(total_steps: int, ramp_to: int, ramp_fraction: float, batch_tokens: int,
-                         warmup_tokens: float, decay_tokens: float):
-    """(warmup_steps, decay_fraction) in optimizer updates of the ramp's plan: the updates that start
-    within the first `warmup_tokens`, and the share of updates that the last `decay_tokens` make."""
-    plan = accumulation_plan(total_steps, 1, ramp_to, ramp_fraction)
-    starts = plan.cumsum() - plan  # data step where each update starts
-    warmup = int((starts * batch_tokens < warmup_tokens).sum())
-    decay = int(((total_steps - starts) * batch_tokens <= decay_tokens).sum())
-    return warmup, decay / len(plan)
-
-
 def get_config(arg: str = ""):
     args = parse(arg, ARGS, __file__)
     layers, hidden, heads, width, lr, ramp_from, ramp_to, warmup_tokens, ramp_tokens = SIZES[args["size"]]
@@ -93,13 +82,12 @@ def get_config(arg: str = ""):
     batch_tokens = ramp_from * SEQ_LEN
     steps = round(PHASE_TOKENS / batch_tokens)  # data batches of the ramp's first size
     # The ramp's target is a whole number of data batches: 6 x 768 = 4608 (base), 11 x 448 = 4928 (large).
-    accumulation, ramp_fraction = ramp_to // ramp_from, ramp_tokens / PHASE_TOKENS
-    warmup, decay_fraction = trapezoid_in_updates(steps, accumulation, ramp_fraction, batch_tokens, warmup_tokens,
-                                                  DECAY_TOKENS)
     c.optim.update(optimizer="adamw", learning_rate=lr, b1=0.9, b2=0.98, eps=1e-6, weight_decay=1e-5 / lr,
-                   grad_clip_norm=1.0, schedule="trapezoidal", decay_shape="1-sqrt", decay_fraction=decay_fraction,
-                   warmup_steps=warmup, warmup_fraction=-1.0, end_learning_rate=0.0, total_steps=steps,
-                   batch_ramp_from=1, batch_ramp_to=accumulation, batch_ramp_fraction=ramp_fraction)
+                   grad_clip_norm=1.0, schedule="trapezoidal", decay_shape="1-sqrt",
+                   decay_fraction=DECAY_TOKENS / PHASE_TOKENS, warmup_steps=round(warmup_tokens / batch_tokens),
+                   warmup_fraction=-1.0, end_learning_rate=0.0, total_steps=steps, batch_ramp_from=1,
+                   batch_ramp_to=ramp_to // ramp_from, batch_ramp_fraction=ramp_tokens / PHASE_TOKENS,
+                   schedule_counts="data_steps")
     if args["runlocal"]:
         runlocal(c)
     return c

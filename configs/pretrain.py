@@ -12,7 +12,8 @@ switch is a command-line override, e.g. `--config.model.norm_position=pre --conf
 `--config.optim.schedule=one_cycle --config.optim.warmup_steps=0 --config.optim.peak_fraction=0.75`,
 `--config.optim.schedule=trapezoidal --config.optim.decay_fraction=0.1 --config.optim.decay_shape=1-sqrt`,
 a batch-size ramp `--config.optim.batch_ramp_to=8 --config.optim.batch_ramp_fraction=0.6` (the data batch
-stays `data.global_batch_size`; the schedule then counts optimizer updates). Published recipes built on
+stays `data.global_batch_size`; the schedule then counts optimizer updates, or data steps with
+`--config.optim.schedule_counts=data_steps`). Published recipes built on
 this file: configs/cramming.py, configs/mosaicbert.py, configs/modernbert.py.
 """
 
@@ -139,7 +140,7 @@ def base_config() -> ml_collections.ConfigDict:
         optimizer="adamw", learning_rate=1e-4, schedule="linear", warmup_steps=10_000, warmup_fraction=-1.0,
         total_steps=1_000_000, end_learning_rate=0.0, power=1.0, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-6,
         grad_clip_norm=1.0, peak_fraction=0.5, initial_lr_fraction=0.0, decay_fraction=0.2, decay_shape="linear",
-        batch_ramp_from=1, batch_ramp_to=1, batch_ramp_fraction=0.0))
+        batch_ramp_from=1, batch_ramp_to=1, batch_ramp_fraction=0.0, schedule_counts="updates"))
     c.total_steps = c.optim.get_ref("total_steps")
     c.micro_batches = 1  # gradient accumulation: the global batch is split into this many micro-batches
     c.mesh = ml_collections.ConfigDict(dict(ici_parallelism=(1, -1, 1), dcn_parallelism=(1, 1, 1), rules=()))

@@ -373,6 +373,7 @@ def test_recipe_schedules_reject_bad_values(kwargs, match):
     (dict(batch_ramp_to=2.5), "batch_ramp_to"),
     (dict(batch_ramp_to=4, batch_ramp_fraction=1.5), "batch_ramp_fraction"),
     (dict(batch_ramp_to=4, warmup_steps=90), "warmup_steps"),  # 100 data steps make fewer than 90 updates
+    (dict(batch_ramp_to=4, schedule_counts="tokens"), "schedule_counts"),
 ])
 def test_recipe_config_errors_name_the_field(overrides, field):
     with pytest.raises(ValueError, match=rf"optim\.{field}\b"):
@@ -444,6 +445,35 @@ def test_batch_ramp_equals_explicit_accumulation(optimizer):
     for step in range(total):
         update = int(np.searchsorted(starts, step, side="right") - 1)
         assert float(schedule(step)) == pytest.approx(float(reference_schedule(update)), abs=1e-9)
+
+
+def test_batch_ramp_schedule_over_data_steps():
+    """schedule_counts='data_steps': the schedule runs over the 30 data steps and each update takes the lr of
+    the data step where its accumulation starts; otherwise as explicit accumulation (<= 1e-6)."""
+    total = 30
+    cfg = dict(optimizer="adamw", learning_rate=1e-2, schedule="one_cycle", warmup_steps=0, peak_fraction=0.75,
+               initial_lr_fraction=0.25, b2=0.98, grad_clip_norm=0.5)
+    ramp = dict(batch_ramp_from=1, batch_ramp_to=5, batch_ramp_fraction=0.6)
+    tx, schedule = optim.make_optimizer(config(**cfg, **ramp, total_steps=total, schedule_counts="data_steps"))
+    plan = optim.accumulation_plan(total, 1, 5, 0.6)
+    starts = optim.update_starts(plan)
+    over_data = optim.make_schedule("one_cycle", 1e-2, total, 0, peak_fraction=0.75, initial_lr_fraction=0.25)
+    lrs = [float(over_data(s)) for s in starts]
+    params = _small_params()
+    grads = [random_like(params, seed, scale=3.0) for seed in range(total)]
+    ramped, _ = run(tx, params, grads)
+    reference = optax.chain(optax.clip_by_global_norm(0.5),
+                            optim.adamw(lambda u: jnp.asarray(lrs)[u], b2=0.98))
+    means = [jax.tree.map(lambda *g: sum(g) / len(g), *grads[a:a + k]) for a, k in zip(starts, plan)]
+    explicit, _ = run(reference, params, means)
+    for a, b in zip(jax.tree.leaves(ramped), jax.tree.leaves(explicit)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=0)
+    for step in range(total):  # logged lr: that of the update the data step belongs to
+        update = int(np.searchsorted(starts, step, side="right") - 1)
+        assert float(schedule(step)) == pytest.approx(lrs[update], abs=1e-9)
+    # the same config counting updates peaks at 0.75 x the updates instead: a different lr sequence
+    _, by_updates = optim.make_optimizer(config(**cfg, **ramp, total_steps=total))
+    assert [float(by_updates(s)) for s in starts] != pytest.approx(lrs, abs=1e-6)
 
 
 def test_no_ramp_leaves_the_optimizer_unwrapped():

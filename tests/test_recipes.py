@@ -160,10 +160,12 @@ def test_cramming_published_hyperparameters():
     # the batch reaches 8192 sequences (64 x 128) at 60% of the data
     assert (o.batch_ramp_from, o.batch_ramp_to * c.data.global_batch_size, o.batch_ramp_fraction) == (1, 8192, 0.6)
     assert c.total_steps == o.total_steps == 900_000
+    # the triangle is laid over data steps (the paper's wall clock), not over the ramp's updates
+    assert o.schedule_counts == "data_steps"
     tx, schedule = optim.make_optimizer(o)  # the recipe builds
-    plan = optim.accumulation_plan(o.total_steps, 1, 64, 0.6)
     assert float(schedule(0)) == pytest.approx(0.25e-3)
-    assert float(schedule(o.total_steps - 1)) < 1e-5
+    assert float(schedule(675_000)) == pytest.approx(1e-3, rel=1e-3)  # 75% of the data: the peak (its update's start)
+    assert float(schedule(o.total_steps - 1)) < 1e-4
 
 
 @pytest.mark.parametrize("size, shape", [("base", (12, 768, 12)), ("large", (24, 1024, 16))])
@@ -217,10 +219,18 @@ def test_modernbert_published_hyperparameters(size, shape, lr, batches):
     # the ramp grows over its first batch_ramp_fraction of the data steps (the paper's 50B / 10B tokens)
     assert o.batch_ramp_fraction * o.total_steps * tokens_per_step == pytest.approx(ramp_tokens, rel=1e-4)
     assert plan[0] == 1 and plan[len(plan) // 2] == o.batch_ramp_to
+    # the schedule counts data steps (tokens): warmup 3B / 2B tokens, a 1-sqrt decay over the last 50B
+    assert o.schedule_counts == "data_steps"
     warmup_tokens = {"base": 3e9, "large": 2e9}[size]
-    assert plan[:o.warmup_steps].sum() * tokens_per_step == pytest.approx(warmup_tokens, rel=0.01)
-    decay_updates = round(o.decay_fraction * len(plan))
-    assert plan[-decay_updates:].sum() * tokens_per_step == pytest.approx(50e9, rel=0.01)
+    assert o.warmup_steps * tokens_per_step == pytest.approx(warmup_tokens, rel=1e-3)
+    assert o.decay_fraction * o.total_steps * tokens_per_step == pytest.approx(50e9, rel=1e-4)
+    _, schedule = optim.make_optimizer(o)
+    assert float(schedule(o.warmup_steps // 2)) < 0.6 * lr
+    assert float(schedule(o.total_steps // 2)) == pytest.approx(lr)
+    cooldown = o.total_steps - round(o.decay_fraction * o.total_steps)
+    # three quarters into the cooldown, 1 - sqrt(0.75) of the peak is left (the update's start, <= 11 steps back)
+    three_quarters = cooldown + round(0.75 * (o.total_steps - cooldown))
+    assert float(schedule(three_quarters)) == pytest.approx(lr * (1 - math.sqrt(0.75)), rel=2e-3)
 
 
 def test_modernbert_positions_and_alternating_attention():
@@ -268,6 +278,8 @@ def test_runlocal_trains(name, corpus, tmp_path):
     c.data.update(source=f"text:{corpus[0]}", vocab=corpus[1], vocab_size=200, seq_len=32,
                   max_predictions=11, global_batch_size=4, eval_batches=1, dupe_factor=1)
     c.optim.total_steps = steps
+    width = c.model.intermediate_size / c.model.hidden_size  # the recipe's MLP ratio, kept at hidden 32
+    c.model.update(hidden_size=32, intermediate_size=int(32 * width), num_attention_heads=2)
     if c.optim.schedule != "one_cycle":
         c.optim.update(warmup_steps=1, warmup_fraction=-1.0)
     c.log_every, c.eval_every, c.checkpoint_every, c.progress_bar = 1, 0, steps, False

@@ -12,10 +12,12 @@
 * `make_optimizer(cfg)`: all of the above from an `ml_collections.ConfigDict` (see `default_config`).
 
 Step counting with a batch-size ramp (`batch_ramp_from`/`batch_ramp_to` not both 1): `total_steps`
-counts data batches (train steps, as without a ramp); the learning-rate schedule counts optimizer
-updates, of which `total_steps` data batches make `len(accumulation_plan(...))`, so `warmup_steps`
-counts updates and every `*_fraction` is a fraction of the updates. The schedule `make_optimizer`
-returns takes the data step and gives the learning rate of the update that data step contributes to.
+counts data batches (train steps, as without a ramp); by default (`schedule_counts='updates'`) the
+learning-rate schedule counts optimizer updates, of which `total_steps` data batches make
+`len(accumulation_plan(...))`, so `warmup_steps` counts updates and every `*_fraction` is a fraction of
+the updates. With `schedule_counts='data_steps'` the schedule runs over the data steps instead and each
+update takes the lr of the data step it starts at (a schedule over compute or wall-clock, as Cramming's).
+The schedule `make_optimizer` returns takes the data step and gives the lr of the update it belongs to.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import optax
 
 SCHEDULES = ("linear", "polynomial", "cosine", "constant", "one_cycle", "trapezoidal")
 DECAY_SHAPES = ("linear", "1-sqrt")  # the cooldown of 'trapezoidal'
+SCHEDULE_COUNTS = ("updates", "data_steps")  # what the schedule's steps are, with a batch-size ramp
 
 OPTIMIZERS = ("adamw", "adamw_google", "lamb")
 Mask = Union[None, Any, Callable[[Any], Any]]
@@ -170,9 +173,14 @@ def with_accumulation(tx: optax.GradientTransformation, plan: np.ndarray) -> opt
     return optax.MultiSteps(tx, every_k_schedule=lambda update: ks[jnp.minimum(update, last)]).gradient_transformation()
 
 
+def update_starts(plan: np.ndarray) -> np.ndarray:
+    """The data step at which each update of `plan` starts accumulating."""
+    return np.concatenate([[0], np.cumsum(plan)[:-1]]).astype(np.int32)
+
+
 def per_data_step(schedule: optax.Schedule, plan: np.ndarray) -> optax.Schedule:
     """lr(data step) of a `schedule` over updates: the lr of the update data step `step` belongs to."""
-    starts = jnp.asarray(np.concatenate([[0], np.cumsum(plan)[:-1]]), jnp.int32)
+    starts = jnp.asarray(update_starts(plan))
     return lambda step: schedule(jnp.searchsorted(starts, jnp.asarray(step, jnp.int32), side="right") - 1)
 
 
@@ -332,6 +340,8 @@ def default_config() -> ml_collections.ConfigDict:
         "batch_ramp_from": 1,
         "batch_ramp_to": 1,
         "batch_ramp_fraction": 0.0,
+        # With a ramp: the schedule's steps are optimizer 'updates' or 'data_steps' (see the module docstring).
+        "schedule_counts": "updates",
     })
 
 
@@ -369,8 +379,10 @@ def make_optimizer(cfg: ml_collections.ConfigDict) -> Tuple[optax.GradientTransf
     batch (`total_steps` counts those); every `plan[u]` calls it clips and applies the optimizer to the
     mean of those batches' gradients (other calls return zero updates). The learning-rate schedule then
     runs over the `len(plan)` optimizer updates (`warmup_steps` counts updates; `warmup_fraction`,
-    `peak_fraction`, `decay_fraction` are fractions of the updates), and the returned `schedule` maps a
-    data step to the learning rate of the update it belongs to (what the train step logs)."""
+    `peak_fraction`, `decay_fraction` are fractions of the updates) or, with `schedule_counts=
+    'data_steps'`, over the `total_steps` data steps (update `u` takes the lr of the data step it starts
+    at); the returned `schedule` maps a data step to the learning rate of the update it belongs to (what
+    the train step logs)."""
     optimizer = cfg.get("optimizer", default_config().optimizer)
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optim.optimizer: unknown {optimizer!r}; choose from {OPTIMIZERS}")
@@ -389,9 +401,13 @@ def make_optimizer(cfg: ml_collections.ConfigDict) -> Tuple[optax.GradientTransf
     data_steps = _int(cfg, "total_steps", 1)
     ramp_from, ramp_to = _int(cfg, "batch_ramp_from", 1), _int(cfg, "batch_ramp_to", 1)
     ramp_fraction = _number(cfg, "batch_ramp_fraction", 0.0, 1.0)
+    counts = cfg.get("schedule_counts", default_config().schedule_counts)
+    if counts not in SCHEDULE_COUNTS:
+        raise ValueError(f"optim.schedule_counts: unknown {counts!r}; choose from {SCHEDULE_COUNTS}")
     plan = None if ramp_from == ramp_to == 1 else accumulation_plan(data_steps, ramp_from, ramp_to, ramp_fraction)
-    total = data_steps if plan is None else len(plan)  # what the schedule counts: optimizer updates
-    counted = "optim.total_steps" if plan is None else (
+    by_updates = plan is not None and counts == "updates"
+    total = len(plan) if by_updates else data_steps  # the steps the schedule counts
+    counted = "optim.total_steps" if not by_updates else (
         f"the {total} optimizer updates that optim.total_steps={data_steps} data steps make with the batch ramp")
     fraction = cfg.get("warmup_fraction")
     if fraction is not None and not (isinstance(fraction, numbers.Real) and not isinstance(fraction, bool)
@@ -419,6 +435,10 @@ def make_optimizer(cfg: ml_collections.ConfigDict) -> Tuple[optax.GradientTransf
     schedule = make_schedule(kind, lr, total, warmup, end_lr=end_lr, power=power, peak_fraction=peak_fraction,
                              initial_lr_fraction=initial_lr_fraction, decay_fraction=decay_fraction,
                              decay_shape=decay_shape)
+    if plan is not None and not by_updates:  # over data steps: update u takes the lr where it starts
+        starts, last = jnp.asarray(update_starts(plan)), len(plan) - 1
+        schedule = (lambda over_data_steps: lambda update: over_data_steps(starts[jnp.minimum(update, last)]))(
+            schedule)
     if optimizer == "lamb":
         tx = lamb(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
     else:
