@@ -295,3 +295,38 @@ def test_runlocal_trains(name, corpus, tmp_path):
     _, schedule = optim.make_optimizer(c.optim)
     logged = [json.loads(line) for line in open(tmp_path / "metrics.jsonl") if '"learning_rate"' in line][-1]
     assert logged["learning_rate"] == pytest.approx(float(jax.device_get(schedule(steps - 1))), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_batch_ramp_resumes_mid_accumulation_bit_exact(corpus, tmp_path):
+    """configs/cramming.py:runlocal over 8 steps (plan [1, 2, 3, 2]) checkpointed at step 4, in the middle
+    of the third update's accumulation: resuming from step 4 ends with the params of the uninterrupted run
+    (the MultiSteps state, accumulated gradients included, is checkpointed)."""
+    import shutil
+
+    from bert_jax.training import checkpoints, trainer
+    steps = 8
+
+    def config():
+        c = _config_module("cramming").get_config("runlocal")
+        c.data.update(source=f"text:{corpus[0]}", vocab=corpus[1], vocab_size=200, seq_len=32, max_predictions=11,
+                      global_batch_size=4, eval_batches=1, dupe_factor=1)
+        c.model.update(hidden_size=32, intermediate_size=64, num_attention_heads=2)
+        c.optim.total_steps = steps
+        c.log_every, c.eval_every, c.checkpoint_every, c.progress_bar = 1, 0, 4, False
+        c.keep_checkpoints, c.async_checkpointing = 0, False
+        return c
+
+    np.testing.assert_array_equal(optim.accumulation_plan(steps, 1, 4, 0.6), [1, 2, 3, 2])
+    trainer.train_and_evaluate(config(), str(tmp_path))
+    ckpt = checkpoints.Checkpointer(os.path.join(tmp_path, "checkpoints"))
+    straight = jax.tree.map(np.asarray, ckpt.read(steps)[0]["params"])
+    ckpt.close()
+    shutil.rmtree(tmp_path / "checkpoints" / str(steps))
+    result = trainer.train_and_evaluate(config(), str(tmp_path))
+    assert result["step"] == steps and int(result["state"].opt_state.gradient_step) == 4
+    logged = [json.loads(line).get("step") for line in open(tmp_path / "metrics.jsonl") if '"loss"' in line]
+    assert logged.count(1) == 1 and logged.count(5) == 2  # the rerun started at step 5: it resumed
+    resumed = jax.tree.map(np.asarray, jax.device_get(result["state"].params))
+    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
+        np.testing.assert_array_equal(a, b)
