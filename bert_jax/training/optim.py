@@ -168,9 +168,10 @@ def with_accumulation(tx: optax.GradientTransformation, plan: np.ndarray) -> opt
     """`tx` applied once per `plan[u]` calls (update `u`), to the mean of the gradients passed in those
     calls (`optax.MultiSteps`); the calls in between return zero updates. Calls after the plan's
     last update keep its size."""
-    ks = jnp.asarray(plan, jnp.int32)
-    last = len(plan) - 1
-    return optax.MultiSteps(tx, every_k_schedule=lambda update: ks[jnp.minimum(update, last)]).gradient_transformation()
+    # NumPy tables, made constants where traced (a captured device array would be pinned to one device).
+    ks, last = np.asarray(plan, np.int32), len(plan) - 1
+    return optax.MultiSteps(tx, every_k_schedule=lambda update: jnp.asarray(ks)[jnp.minimum(update, last)]
+                            ).gradient_transformation()
 
 
 def update_starts(plan: np.ndarray) -> np.ndarray:
@@ -180,8 +181,14 @@ def update_starts(plan: np.ndarray) -> np.ndarray:
 
 def per_data_step(schedule: optax.Schedule, plan: np.ndarray) -> optax.Schedule:
     """lr(data step) of a `schedule` over updates: the lr of the update data step `step` belongs to."""
-    starts = jnp.asarray(update_starts(plan))
-    return lambda step: schedule(jnp.searchsorted(starts, jnp.asarray(step, jnp.int32), side="right") - 1)
+    starts = update_starts(plan)
+    return lambda step: schedule(jnp.searchsorted(jnp.asarray(starts), jnp.asarray(step, jnp.int32), side="right") - 1)
+
+
+def at_update_starts(schedule: optax.Schedule, plan: np.ndarray) -> optax.Schedule:
+    """lr(update) of a `schedule` over data steps: its value at the data step where the update starts."""
+    starts, last = update_starts(plan), len(plan) - 1
+    return lambda update: schedule(jnp.asarray(starts)[jnp.minimum(update, last)])
 
 
 # ---------------------------------------------------------------------------------------- param paths
@@ -436,9 +443,7 @@ def make_optimizer(cfg: ml_collections.ConfigDict) -> Tuple[optax.GradientTransf
                              initial_lr_fraction=initial_lr_fraction, decay_fraction=decay_fraction,
                              decay_shape=decay_shape)
     if plan is not None and not by_updates:  # over data steps: update u takes the lr where it starts
-        starts, last = jnp.asarray(update_starts(plan)), len(plan) - 1
-        schedule = (lambda over_data_steps: lambda update: over_data_steps(starts[jnp.minimum(update, last)]))(
-            schedule)
+        schedule = at_update_starts(schedule, plan)
     if optimizer == "lamb":
         tx = lamb(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
     else:
