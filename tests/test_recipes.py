@@ -150,7 +150,8 @@ def test_cramming_published_hyperparameters():
     assert (m.type_vocab_size, m.embedding_norm, m.tie_word_embeddings) == (0, True, True)
     assert m.hidden_dropout_prob == m.attention_probs_dropout_prob == 0.0
     assert c.objective == "mlm"
-    assert (c.data.seq_len, c.data.masked_lm_prob, c.data.global_batch_size, c.data.vocab_size) == (128, 0.25, 128, 32768)
+    d = c.data
+    assert (d.seq_len, d.masked_lm_prob, d.global_batch_size, d.vocab_size) == (128, 0.25, 128, 32768)
     assert c.data.max_predictions >= 0.25 * 128
     o = c.optim
     assert (o.optimizer, o.learning_rate, o.b1, o.b2, o.eps, o.weight_decay, o.grad_clip_norm) == (
@@ -177,7 +178,8 @@ def test_mosaicbert_published_hyperparameters(size, shape):
     assert m.attention_bias and m.mlp_bias and m.norm_bias
     assert (m.attention_probs_dropout_prob, m.hidden_dropout_prob) == (0.0, 0.1)
     assert c.objective == "mlm"
-    assert (c.data.seq_len, c.data.masked_lm_prob, c.data.global_batch_size, c.data.vocab_size) == (128, 0.3, 4096, 30528)
+    d = c.data
+    assert (d.seq_len, d.masked_lm_prob, d.global_batch_size, d.vocab_size) == (128, 0.3, 4096, 30528)
     o = c.optim
     assert (o.learning_rate, o.b1, o.b2, o.eps, o.grad_clip_norm) == (5e-4, 0.9, 0.98, 1e-6, 0.0)
     assert o.weight_decay * o.learning_rate == pytest.approx(1e-5)  # Composer's decoupled 1e-5
