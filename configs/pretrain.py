@@ -4,10 +4,27 @@ Usage: python -m bert_jax.main --config=configs/pretrain.py:size=base,seq=128,re
 Arguments (comma-separated key=value): size in tiny/mini/small/medium/base/large; seq (max sequence
 length); recipe in google (AdamW, lr 1e-4, warmup 10k, 1M steps, batch 256) / nvidia_lamb_phase1 /
 nvidia_lamb_phase2; runlocal (shrinks everything to a CPU-sized run).
+
+Every BertConfig switch is a `c.model` key with BERT's value (`model_config`; not the fine-tuning labels,
+decoder-only fields or pad_token_id), so any architecture
+switch is a command-line override, e.g. `--config.model.norm_position=pre --config.model.mlp_type=geglu
+--config.model.attention_bias=False`. Optimisation recipes are `c.optim` keys (bert_jax.training.optim):
+`--config.optim.schedule=one_cycle --config.optim.warmup_steps=0 --config.optim.peak_fraction=0.75`,
+`--config.optim.schedule=trapezoidal --config.optim.decay_fraction=0.1 --config.optim.decay_shape=1-sqrt`,
+a batch-size ramp `--config.optim.batch_ramp_to=8 --config.optim.batch_ramp_fraction=0.6` (the data batch
+stays `data.global_batch_size`; the schedule then counts optimizer updates, or data steps with
+`--config.optim.schedule_counts=data_steps`). Published recipes built on
+this file: configs/cramming.py, configs/mosaicbert.py, configs/modernbert.py.
 """
+
+import dataclasses
+import logging
+import typing
 
 import ml_collections
 
+from bert_jax import config as bert_config
+from bert_jax.config import BertConfig
 from bert_jax.config_args import Arg, parse
 
 SIZES = {  # layers, hidden, heads
@@ -36,16 +53,70 @@ ARGS = {
 }
 
 
-def model_config(size: str) -> ml_collections.ConfigDict:
+# BertConfig fields that are not experiment switches: labels and heads of fine-tuning, decoder-only
+# switches, and pad_token_id (the tokenizer's, set by the trainer). Every other field is a `c.model` key.
+NOT_MODEL_SWITCHES = ("pad_token_id", "is_decoder", "add_cross_attention", "use_cache", "classifier_dropout",
+                      "num_labels", "id2label", "label2id", "problem_type")
+
+
+def all_model_fields() -> ml_collections.ConfigDict:
+    """Every BertConfig field an experiment can set, with BertConfig's default, so that any
+    `--config.model.<field>=...` reaches the model (fields added to BertConfig appear here by
+    themselves). Optional fields whose default is None are typed placeholders, so the command line
+    can set them (`--config.model.embedding_size=64`)."""
+    hints = typing.get_type_hints(BertConfig)
+    fields = {}
+    for field in dataclasses.fields(BertConfig):
+        if field.name in NOT_MODEL_SWITCHES:
+            continue
+        if field.default is None:
+            kinds = [k for k in typing.get_args(hints[field.name]) if k is not type(None)]
+            fields[field.name] = ml_collections.config_dict.placeholder(kinds[0] if kinds else str)
+        else:
+            fields[field.name] = field.default
+    return ml_collections.ConfigDict(fields)
+
+
+def size_fields(size: str) -> dict:
+    """The fields a model size sets (a dense MLP 4x wide)."""
     if size not in SIZES:
         raise ValueError(f"size={size!r} is not one of {sorted(SIZES)}")
     layers, hidden, heads = SIZES[size]
-    return ml_collections.ConfigDict(dict(
-        hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=4 * hidden,
+    return dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=4 * hidden)
+
+
+def model_config(size: str) -> ml_collections.ConfigDict:
+    """`c.model`: every BertConfig switch (`all_model_fields`), BERT's values, sized by `size`."""
+    c = all_model_fields()
+    c.update(size_fields(size))
+    c.update(dict(
         max_position_embeddings=512, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
         hidden_act="gelu", dtype="float32", param_dtype="float32", attention_impl="auto", remat_policy="none",
         scan_layers=False, type_vocab_size=2,
         vocab_size=0))  # 0: the tokenizer's (data.vocab or the vocab trained on the corpus)
+    return c
+
+
+def set_model_switches(c: ml_collections.ConfigDict, where: str, **switches) -> list:
+    """Sets `c.model.<name> = value` for each switch this checkout's BertConfig has (and, for the
+    fields with a fixed set of values, accepts); returns the names of the others, which are left at
+    BERT's values with a warning. Recipe configs name switches that other parts of the codebase
+    add (e.g. rotary positions), so a config file loads on every checkout and trains the closest
+    model it can; `tests/test_recipes.py` checks the full recipe where the fields exist."""
+    choices = {"position_embedding_type": bert_config.POSITION_EMBEDDING_TYPES,
+               "model_type": bert_config.MODEL_TYPES, "norm_position": bert_config.NORM_POSITIONS,
+               "norm_type": bert_config.NORM_TYPES, "mlp_type": bert_config.MLP_TYPES}
+    missing = []
+    for name, value in switches.items():
+        if name not in c.model or (name in choices and value not in choices[name]):
+            missing.append(name)
+            continue
+        c.model[name] = value
+    if missing:
+        logging.getLogger(__name__).warning(
+            "%s: this BertConfig lacks %s; those switches stay at BERT's values", where,
+            ", ".join(f"{name}={switches[name]!r}" for name in missing))
+    return missing
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -66,10 +137,13 @@ def base_config() -> ml_collections.ConfigDict:
         # shards' masks (array_record) or the first pass's (text). array_record + True needs `vocab`.
         dynamic_masking=True, worker_count=0,
         eval_source=""))  # array_record: a separate glob of eval shards; empty: the training shards
+    # Fields and meaning: bert_jax.training.optim.default_config (schedules 'one_cycle' / 'trapezoidal' and
+    # the batch-size ramp: see make_optimizer; with a ramp the schedule counts optimizer updates).
     c.optim = ml_collections.ConfigDict(dict(
         optimizer="adamw", learning_rate=1e-4, schedule="linear", warmup_steps=10_000, warmup_fraction=-1.0,
         total_steps=1_000_000, end_learning_rate=0.0, power=1.0, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-6,
-        grad_clip_norm=1.0))
+        grad_clip_norm=1.0, peak_fraction=0.5, initial_lr_fraction=0.0, decay_fraction=0.2, decay_shape="linear",
+        batch_ramp_from=1, batch_ramp_to=1, batch_ramp_fraction=0.0, schedule_counts="updates"))
     c.total_steps = c.optim.get_ref("total_steps")
     c.micro_batches = 1  # gradient accumulation: the global batch is split into this many micro-batches
     c.mesh = ml_collections.ConfigDict(dict(ici_parallelism=(1, -1, 1), dcn_parallelism=(1, 1, 1), rules=()))
@@ -103,8 +177,9 @@ def apply_recipe(c: ml_collections.ConfigDict, recipe: str) -> None:
 
 
 def runlocal(c: ml_collections.ConfigDict) -> None:
-    """Shrinks any config to a CPU-sized run (a few minutes)."""
-    c.model.update(model_config("tiny"))
+    """Shrinks any config to a CPU-sized run (a few minutes): the tiny size, shorter sequences, fewer
+    steps. Architecture switches (norms, MLP, positions, dropout, ...) stay as the experiment set them."""
+    c.model.update(size_fields("tiny"))
     c.model.max_position_embeddings = 128
     c.data.update(seq_len=64, max_predictions=10, global_batch_size=16, vocab_size=2000, eval_batches=4)
     c.optim.update(total_steps=200, warmup_steps=20, warmup_fraction=-1.0)

@@ -318,3 +318,191 @@ def test_warmup_fields(warmup_steps, warmup_fraction, expected):
 def test_bad_config_raises(overrides, field):
     with pytest.raises(ValueError, match=rf"optim\.{field}\b"):
         optim.make_optimizer(config(**overrides))
+
+
+# ------------------------------------------------------------------- recipes: one-cycle, trapezoidal
+@pytest.mark.parametrize("initial, peak_fraction, end, expected", [
+    # steps 0, 30, 75 (peak), 90, 100 (end), 130 (after); closed form of Cramming's triangle
+    (0.25, 0.75, 0.0, [0.25, 0.25 + 0.75 * 30 / 75, 1.0, 1.0 - 15 / 25, 0.0, 0.0]),
+    (0.0, 0.5, 0.1, [0.0, 0.6, 1.0 - 0.9 * 25 / 50, 1.0 - 0.9 * 40 / 50, 0.1, 0.1]),
+])
+def test_one_cycle_values(initial, peak_fraction, end, expected):
+    schedule = optim.make_schedule("one_cycle", 1.0, total_steps=100, warmup_steps=0, end_lr=end,
+                                   peak_fraction=peak_fraction, initial_lr_fraction=initial)
+    got = [float(schedule(s)) for s in (0, 30, 75, 90, 100, 130)]
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    values = np.asarray(jax.vmap(schedule)(jnp.arange(101)))
+    assert int(np.argmax(values)) == round(peak_fraction * 100)
+
+
+@pytest.mark.parametrize("shape, cooling", [
+    ("linear", lambda t: 1.0 - t),
+    ("1-sqrt", lambda t: 1.0 - math.sqrt(t)),
+])
+def test_trapezoidal_values(shape, cooling):
+    # warmup 10, constant until 80 (decay_fraction 0.2 of 100), cooldown to end_lr 0.1 at 100
+    schedule = optim.make_schedule("trapezoidal", 2.0, total_steps=100, warmup_steps=10, end_lr=0.1,
+                                   decay_fraction=0.2, decay_shape=shape)
+    steps_ = (0, 5, 10, 50, 80, 85, 95, 100, 150)
+    expected = [0.0, 1.0, 2.0, 2.0, 2.0] + [0.1 + 1.9 * cooling(t) for t in (0.25, 0.75, 1.0, 1.0)]
+    np.testing.assert_allclose([float(schedule(s)) for s in steps_], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(kind="one_cycle", warmup_steps=5), "warmup_steps must be 0"),
+    (dict(kind="one_cycle", warmup_steps=0, peak_fraction=1.5), "peak_fraction"),
+    (dict(kind="one_cycle", warmup_steps=0, initial_lr_fraction=-0.1), "initial_lr_fraction"),
+    (dict(kind="trapezoidal", decay_shape="cosine"), "decay_shape"),
+    (dict(kind="trapezoidal", decay_fraction=1.2), "decay_fraction"),
+    (dict(kind="trapezoidal", warmup_steps=90, decay_fraction=0.2), "cooldown"),
+])
+def test_recipe_schedules_reject_bad_values(kwargs, match):
+    args = dict(peak_lr=1e-3, total_steps=100, warmup_steps=10) | kwargs
+    with pytest.raises(ValueError, match=match):
+        optim.make_schedule(**args)
+
+
+@pytest.mark.parametrize("overrides, field", [
+    (dict(schedule="one_cycle", warmup_steps=10), "schedule"),  # its rise is the warmup
+    (dict(schedule="one_cycle", warmup_steps=0, peak_fraction=2.0), "peak_fraction"),
+    (dict(schedule="one_cycle", warmup_steps=0, initial_lr_fraction="0.25"), "initial_lr_fraction"),
+    (dict(schedule="trapezoidal", decay_shape="exp"), "decay_shape"),
+    (dict(schedule="trapezoidal", decay_fraction=-0.1), "decay_fraction"),
+    (dict(schedule="trapezoidal", warmup_steps=95, decay_fraction=0.1), "warmup_steps"),
+    (dict(batch_ramp_from=0), "batch_ramp_from"),
+    (dict(batch_ramp_to=2.5), "batch_ramp_to"),
+    (dict(batch_ramp_to=4, batch_ramp_fraction=1.5), "batch_ramp_fraction"),
+    (dict(batch_ramp_to=4, warmup_steps=90), "warmup_steps"),  # 100 data steps make fewer than 90 updates
+    (dict(batch_ramp_to=4, schedule_counts="tokens"), "schedule_counts"),
+])
+def test_recipe_config_errors_name_the_field(overrides, field):
+    with pytest.raises(ValueError, match=rf"optim\.{field}\b"):
+        optim.make_optimizer(config(**overrides))
+
+
+def test_make_optimizer_reads_recipe_schedule_fields():
+    _, schedule = optim.make_optimizer(config(schedule="one_cycle", warmup_steps=0, learning_rate=1.0,
+                                              total_steps=100, peak_fraction=0.75, initial_lr_fraction=0.25))
+    assert float(schedule(0)) == pytest.approx(0.25) and float(schedule(75)) == pytest.approx(1.0)
+    _, schedule = optim.make_optimizer(config(schedule="trapezoidal", warmup_steps=10, learning_rate=1.0,
+                                              total_steps=100, decay_fraction=0.2, decay_shape="1-sqrt"))
+    assert float(schedule(50)) == pytest.approx(1.0) and float(schedule(85)) == pytest.approx(0.5)
+
+
+# ------------------------------------------------------------------------------------ batch-size ramp
+def test_accumulation_plan():
+    # 20 data steps, 1 -> 4 batches per update over the first half: k(s) = round(1 + 3 * s / 10)
+    plan = optim.accumulation_plan(20, 1, 4, 0.5)
+    np.testing.assert_array_equal(plan, [1, 1, 2, 2, 3, 4, 4, 3])  # the last update takes the 3 left
+    assert plan.sum() == 20
+    np.testing.assert_array_equal(optim.accumulation_plan(10, 3, 3, 0.0), [3, 3, 3, 1])  # constant accumulation
+    np.testing.assert_array_equal(optim.accumulation_plan(5, 1, 8, 0.0), [5])  # ramp_to at once, capped
+    for args, match in [((0, 1, 2, 0.5), "total_steps"), ((10, 0, 2, 0.5), "batch_ramp_from"),
+                        ((10, 1, 2, -0.5), "batch_ramp_fraction")]:
+        with pytest.raises(ValueError, match=match):
+            optim.accumulation_plan(*args)
+
+
+def _small_params():
+    rng = np.random.default_rng(0)
+    return {"dense": {"kernel": jnp.asarray(rng.standard_normal((4, 3)), jnp.float32),
+                      "bias": jnp.asarray(rng.standard_normal(3), jnp.float32)},
+            "LayerNorm": {"scale": jnp.ones(3, jnp.float32)}}
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "lamb"])
+def test_batch_ramp_equals_explicit_accumulation(optimizer):
+    """A ramp over 30 data batches = the optimizer without a ramp applied once per update of the plan to
+    the mean of that update's batch gradients, with its schedule over the plan's updates (not the data
+    steps): equal params (<= 1e-6). Clipping applies to the accumulated gradient."""
+    total = 30
+    cfg = dict(optimizer=optimizer, learning_rate=1e-2, schedule="linear", warmup_fraction=0.25, b1=0.8, b2=0.98,
+               eps=1e-8, weight_decay=0.1, grad_clip_norm=0.5)
+    tx, schedule = optim.make_optimizer(config(**cfg, total_steps=total, batch_ramp_from=1, batch_ramp_to=5,
+                                               batch_ramp_fraction=0.6))
+    plan = optim.accumulation_plan(total, 1, 5, 0.6)
+    updates = len(plan)
+    assert updates < total and plan.max() == 5
+    params = _small_params()
+    grads = [random_like(params, seed, scale=3.0) for seed in range(total)]  # norms well above the clip
+
+    ramped, state = run(tx, params, grads)
+    reference_tx, reference_schedule = optim.make_optimizer(config(**cfg, total_steps=updates))
+    means, start = [], 0
+    for k in plan:
+        means.append(jax.tree.map(lambda *g: sum(g) / len(g), *grads[start:start + k]))
+        start += k
+    explicit, _ = run(reference_tx, params, means)
+    for a, b in zip(jax.tree.leaves(ramped), jax.tree.leaves(explicit)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=0)
+    assert int(state.gradient_step) == updates
+    # Counting data steps instead would warm up over round(0.25 * 30) = 8 updates, not 0.25 * updates:
+    miscounted, _ = run(optim.make_optimizer(config(**cfg, total_steps=total))[0], params, means)
+    assert max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
+               for a, b in zip(jax.tree.leaves(miscounted), jax.tree.leaves(explicit))) > 1e-4
+    # The returned schedule maps a data step to the lr of the update that step belongs to.
+    starts = np.concatenate([[0], np.cumsum(plan)[:-1]])
+    for step in range(total):
+        update = int(np.searchsorted(starts, step, side="right") - 1)
+        assert float(schedule(step)) == pytest.approx(float(reference_schedule(update)), abs=1e-9)
+
+
+def test_batch_ramp_schedule_over_data_steps():
+    """schedule_counts='data_steps': the schedule runs over the 30 data steps and each update takes the lr of
+    the data step where its accumulation starts; otherwise as explicit accumulation (<= 1e-6)."""
+    total = 30
+    cfg = dict(optimizer="adamw", learning_rate=1e-2, schedule="one_cycle", warmup_steps=0, peak_fraction=0.75,
+               initial_lr_fraction=0.25, b2=0.98, grad_clip_norm=0.5)
+    ramp = dict(batch_ramp_from=1, batch_ramp_to=5, batch_ramp_fraction=0.6)
+    tx, schedule = optim.make_optimizer(config(**cfg, **ramp, total_steps=total, schedule_counts="data_steps"))
+    plan = optim.accumulation_plan(total, 1, 5, 0.6)
+    starts = optim.update_starts(plan)
+    over_data = optim.make_schedule("one_cycle", 1e-2, total, 0, peak_fraction=0.75, initial_lr_fraction=0.25)
+    lrs = [float(over_data(s)) for s in starts]
+    params = _small_params()
+    grads = [random_like(params, seed, scale=3.0) for seed in range(total)]
+    ramped, _ = run(tx, params, grads)
+    reference = optax.chain(optax.clip_by_global_norm(0.5),
+                            optim.adamw(lambda u: jnp.asarray(lrs)[u], b2=0.98))
+    means = [jax.tree.map(lambda *g: sum(g) / len(g), *grads[a:a + k]) for a, k in zip(starts, plan)]
+    explicit, _ = run(reference, params, means)
+    for a, b in zip(jax.tree.leaves(ramped), jax.tree.leaves(explicit)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=0)
+    for step in range(total):  # logged lr: that of the update the data step belongs to
+        update = int(np.searchsorted(starts, step, side="right") - 1)
+        assert float(schedule(step)) == pytest.approx(lrs[update], abs=1e-9)
+    # the same config counting updates peaks at 0.75 x the updates instead: a different lr sequence
+    _, by_updates = optim.make_optimizer(config(**cfg, **ramp, total_steps=total))
+    assert [float(by_updates(s)) for s in starts] != pytest.approx(lrs, abs=1e-6)
+
+
+def test_no_ramp_leaves_the_optimizer_unwrapped():
+    """batch_ramp_from = batch_ramp_to = 1 (the default) builds exactly today's optimizer: the same state
+    structure (checkpoints stay compatible) and no MultiSteps."""
+    params = _small_params()
+    plain, _ = optim.make_optimizer(config())
+    explicit_ones, _ = optim.make_optimizer(config(batch_ramp_from=1, batch_ramp_to=1, batch_ramp_fraction=0.5))
+    assert (jax.tree.structure(plain.init(params)) == jax.tree.structure(explicit_ones.init(params)))
+    assert not isinstance(plain.init(params), optax.MultiStepsState)
+    ramped, _ = optim.make_optimizer(config(batch_ramp_to=2))
+    assert isinstance(ramped.init(params), optax.MultiStepsState)
+
+
+def test_adam_hyperparameters_and_clipping_from_config():
+    """b1 / b2 / eps / weight_decay / grad_clip_norm set in the config reach the optimizer: equal to
+    optax's own clip + adamw with those values, and unequal to the defaults."""
+    params = _small_params()
+    grads = [random_like(params, seed, scale=5.0) for seed in range(4)]
+    recipe = dict(learning_rate=1e-2, warmup_steps=0, schedule="constant", b1=0.8, b2=0.98, eps=1e-12,
+                  weight_decay=0.05, grad_clip_norm=0.5)
+    tx, _ = optim.make_optimizer(config(**recipe))
+    reference = optax.chain(optax.clip_by_global_norm(0.5),
+                            optax.adamw(1e-2, b1=0.8, b2=0.98, eps=1e-12, weight_decay=0.05,
+                                        mask=optim.weight_decay_mask))
+    ours, expected = run(tx, params, grads)[0], run(reference, params, grads)[0]
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-7, rtol=0)
+    defaults = run(optim.make_optimizer(config(learning_rate=1e-2, warmup_steps=0, schedule="constant"))[0],
+                   params, grads)[0]
+    assert max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
+               for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(defaults))) > 1e-4
