@@ -20,14 +20,16 @@ from flax.core import FrozenDict
 logger = logging.getLogger(__name__)
 
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "quick_gelu", "relu", "silu", "swish", "tanh")
-POSITION_EMBEDDING_TYPES = ("absolute", "relative_key", "relative_key_query")
+POSITION_EMBEDDING_TYPES = ("absolute", "relative_key", "relative_key_query", "rotary", "alibi", "none")
+# The position types that keep a learned absolute table (relative ones keep it unused, as transformers does).
+LEARNED_POSITION_TYPES = ("absolute", "relative_key", "relative_key_query")
 PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 ATTENTION_IMPLS = ("xla", "dot_product", "cudnn", "pallas_tpu", "pallas_gpu", "flash", "xla_counter", "auto")
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable", "minimal")
 # Architecture switches (research ablations; see `bert_jax.architectures` for the transformers classes
 # each model_type maps to).
-MODEL_TYPES = ("bert", "roberta", "roberta-prelayernorm", "electra")
+MODEL_TYPES = ("bert", "roberta", "roberta-prelayernorm", "electra", "nomic_bert", "modernbert")
 NORM_POSITIONS = ("post", "pre")
 NORM_TYPES = ("layernorm", "rmsnorm")
 MLP_TYPES = ("dense", "geglu", "swiglu")
@@ -52,7 +54,11 @@ class BertConfig:
     plus architecture switches (norm placement and type, biases, gated MLP, token types, embedding
     norm and width, position ids, `model_type`) whose defaults are BERT's: a config that leaves them
     alone is exactly BERT. `model_type` names the transformers architecture (BERT, RoBERTa,
-    RoBERTa-PreLayerNorm, ELECTRA) checkpoints are read from and written to (`bert_jax.architectures`).
+    RoBERTa-PreLayerNorm, ELECTRA, NomicBERT, ModernBERT) checkpoints are read from and written to
+    (`bert_jax.architectures`). Positions may act inside attention instead of as a learned table
+    (`position_embedding_type` "rotary" with `rope_theta` / `local_rope_theta`, "alibi", "none"), and
+    layers may attend in a sliding window (`local_attention_window`, global every
+    `global_attn_every_n_layers` layers from layer 0).
 
     Dict-valued fields (`id2label`, `label2id`) are stored as `FrozenDict` so the config stays
     hashable (Flax modules and `jax.jit` static arguments need that).
@@ -95,6 +101,16 @@ class BertConfig:
     position_offset: int = 0  # added to default position ids (RoBERTa: pad_token_id + 1)
     skip_padding_positions: bool = False  # positions count only non-pad tokens; pads get position_offset - 1
     mlm_head_act: Optional[str] = None  # activation of the MLM head transform (None: hidden_act)
+    mlm_head_bias: bool = True  # bias of the MLM head transform's dense (ModernBERT: classifier_bias=False)
+    # Positions: position_embedding_type "rotary" rotates queries and keys by their position_ids (RoPE,
+    # rotate-half convention); "alibi" adds -slope_h * |pos_q - pos_k| to the scores; "none" uses no positions.
+    rope_theta: float = 10000.0  # RoPE base of global layers
+    local_rope_theta: Optional[float] = None  # RoPE base of local-window layers (None: rope_theta)
+    # Sliding-window attention (ModernBERT): 0 = every layer global; W > 0: a local layer's query at
+    # position q sees keys k with |q - k| <= W // 2. Layer i is global iff i % global_attn_every_n_layers == 0.
+    local_attention_window: int = 0
+    global_attn_every_n_layers: int = 1
+    first_layer_attention_norm: bool = True  # pre-LN only: False skips layer 0's attention norm (ModernBERT)
     # JAX-side fields (not part of HF's config).
     dtype: str = "float32"  # compute dtype of activations
     param_dtype: str = "float32"  # storage dtype of parameters
@@ -146,7 +162,8 @@ class BertConfig:
                 set_(name, value := int(value))
             if isinstance(value, bool) or not isinstance(value, int):
                 kind = ("an integer or null" if name in ("pad_token_id", "embedding_size") else
-                        "a non-negative integer" if name in ("type_vocab_size", "position_offset") else
+                        "a non-negative integer" if name in ("type_vocab_size", "position_offset",
+                                                     "local_attention_window") else
                         "a positive integer")
                 raise ValueError(f"BertConfig.{name} must be {kind}, got {value!r} ({type(value).__name__})")
 
@@ -198,6 +215,24 @@ class BertConfig:
         if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
             raise ValueError(f"BertConfig.pad_token_id={self.pad_token_id} is outside the vocabulary "
                              f"[0, {self.vocab_size})")
+        for name in ("rope_theta", "local_rope_theta"):
+            value = getattr(self, name)
+            if value is None and name == "local_rope_theta":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"BertConfig.{name} must be a positive number, got {value!r}")
+        if self.local_attention_window < 0:
+            raise ValueError(f"BertConfig.local_attention_window must be 0 (all layers global) or a positive window, "
+                             f"got {self.local_attention_window}")
+        if self.global_attn_every_n_layers < 1:
+            raise ValueError(f"BertConfig.global_attn_every_n_layers must be a positive integer, "
+                             f"got {self.global_attn_every_n_layers}")
+        if self.position_embedding_type == "rotary" and self.head_dim % 2:
+            raise ValueError(f"BertConfig.position_embedding_type='rotary' needs an even head dim, got "
+                             f"hidden_size / num_attention_heads = {self.head_dim}")
+        if not self.first_layer_attention_norm and self.norm_position != "pre":
+            raise ValueError("BertConfig.first_layer_attention_norm=False needs norm_position='pre' (a post-LN layer's "
+                             "attention norm is its residual norm)")
         if self.add_cross_attention and not self.is_decoder:
             raise ValueError("BertConfig.add_cross_attention=True requires is_decoder=True "
                              "(cross-attention layers only exist in the decoder)")
@@ -208,6 +243,16 @@ class BertConfig:
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
+
+    @property
+    def has_local_layers(self) -> bool:
+        """Whether any layer attends within a sliding window."""
+        return self.local_attention_window > 0 and any(not self.is_global_layer(i)
+                                                       for i in range(self.num_hidden_layers))
+
+    def is_global_layer(self, index: int) -> bool:
+        """Layer `index` attends globally (ModernBERT: every `global_attn_every_n_layers`-th layer from 0)."""
+        return self.local_attention_window == 0 or index % self.global_attn_every_n_layers == 0
 
     def replace(self, **changes: Any) -> "BertConfig":
         """Returns a copy with `changes` applied (validated)."""
@@ -316,12 +361,15 @@ _JAX_FIELDS = frozenset({"dtype", "param_dtype", "attention_impl", "remat_policy
 # value, so a BERT config.json stays exactly what transformers' BertConfig writes.
 ARCHITECTURE_FIELDS = frozenset({
     "norm_position", "norm_type", "attention_bias", "mlp_bias", "norm_bias", "decoder_bias", "mlp_type",
-    "embedding_norm", "embedding_size", "position_offset", "skip_padding_positions", "mlm_head_act"})
+    "embedding_norm", "embedding_size", "position_offset", "skip_padding_positions", "mlm_head_act", "mlm_head_bias",
+    "rope_theta", "local_rope_theta", "local_attention_window", "global_attn_every_n_layers",
+    "first_layer_attention_norm"})
 _BOOL_FIELDS = ("is_decoder", "add_cross_attention", "use_cache", "tie_word_embeddings", "scan_layers",
-                "attention_bias", "mlp_bias", "norm_bias", "decoder_bias", "embedding_norm", "skip_padding_positions")
+                "attention_bias", "mlp_bias", "norm_bias", "decoder_bias", "embedding_norm", "skip_padding_positions",
+                "mlm_head_bias", "first_layer_attention_norm")
 _INT_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                "max_position_embeddings", "type_vocab_size", "num_labels", "pad_token_id", "embedding_size",
-               "position_offset")
+               "position_offset", "local_attention_window", "global_attn_every_n_layers")
 
 
 def _int_key(field: str, key: Any) -> int:

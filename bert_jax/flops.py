@@ -35,7 +35,7 @@ def non_embedding_params(config: BertConfig) -> int:
     per_layer = (4 * h * h + (4 * h if config.attention_bias else 0)  # Q, K, V, attention output
                  + branches * h * i + i * h + ((branches * i + h) if config.mlp_bias else 0)  # MLP
                  + 2 * norm(h))  # two norms per layer, post- or pre-LN
-    head = h * e + e + norm(e)  # cls/predictions/transform dense + norm
+    head = h * e + (e if config.mlm_head_bias else 0) + norm(e)  # cls/predictions/transform dense + norm
     extra = (norm(h) if config.norm_position == "pre" else 0) + (e * h + h if e != h else 0)  # final norm, projection
     return config.num_hidden_layers * per_layer + head + extra
 

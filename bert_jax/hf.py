@@ -210,7 +210,8 @@ def load_hf_checkpoint(path: Union[str, os.PathLike], model_class: ModelClass = 
     cross-attention of a decoder warm-started from an encoder) are randomly initialised and listed in
     a warning; checkpoint tensors the model has no place for are listed too. A shape mismatch raises
     naming the key and both shapes. config.json's `model_type` picks the architecture: "bert",
-    "roberta", "roberta-prelayernorm" or "electra" (their keys and implied switches, see
+    "roberta", "roberta-prelayernorm", "electra", "nomic_bert" or "modernbert" (their keys, fused
+    projections and implied switches, see
     `bert_jax.architectures`; `model_class` may also be named as transformers names it, e.g.
     "RobertaForMaskedLM"). Another model_type raises ValueError, as do missing tensors of the
     embeddings or encoder layers (another architecture's names, a truncated conversion);
@@ -306,7 +307,8 @@ def save_hf_checkpoint(path: Union[str, os.PathLike], config: BertConfig, params
     with no missing or unexpected keys (tied decoder weights are left out, as transformers does; with
     tie_word_embeddings=False the bias is written as both cls.predictions.bias and decoder.bias).
 
-    `config.model_type` picks the architecture written (BERT, RoBERTa, RoBERTa-PreLayerNorm, ELECTRA;
+    `config.model_type` picks the architecture written (BERT, RoBERTa, RoBERTa-PreLayerNorm, ELECTRA,
+    NomicBERT, ModernBERT;
     see `bert_jax.architectures`); switches that architecture cannot represent raise ValueError
     naming the field, before anything is written."""
     from safetensors.numpy import save_file

@@ -40,6 +40,17 @@ VARIANTS = {
     "electra_projection": dict(embedding_size=16, mlm_head_act="gelu"),
     "roberta_positions_scanned": dict(pad_token_id=1, position_offset=2, skip_padding_positions=True,
                                       type_vocab_size=1, scan_layers=True, remat_policy="full"),
+    # NomicBERT-like: RoPE, SwiGLU, no projection biases.
+    "rotary_swiglu": dict(position_embedding_type="rotary", rope_theta=1000.0, mlp_type="swiglu", hidden_act="silu",
+                          attention_bias=False, mlp_bias=False),
+    "alibi": dict(position_embedding_type="alibi"),
+    # ModernBERT-like under scan + remat: local window (|q - k| <= 2) on layer 1, global on layer 0 (the
+    # scanned layer index picks), per-layer theta, no attention norm in layer 0, no token types.
+    "modernbert_like_scanned": dict(position_embedding_type="rotary", rope_theta=160.0, local_rope_theta=10.0,
+                                    local_attention_window=4, global_attn_every_n_layers=2, norm_position="pre",
+                                    first_layer_attention_norm=False, mlp_type="geglu", type_vocab_size=0,
+                                    attention_bias=False, mlp_bias=False, norm_bias=False, mlm_head_bias=False,
+                                    scan_layers=True, remat_policy="full"),
 }
 BATCH, SEQ = 8, 16
 

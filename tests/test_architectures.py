@@ -62,7 +62,8 @@ def _reference(hf_class: str, hf_config, path, inputs: dict) -> dict:
     model = getattr(transformers, hf_class)(hf_config).eval()
     with torch.no_grad():  # random init leaves LayerNorms at 1/0: perturb them so the norms are exercised
         for name, p in model.named_parameters():
-            if "LayerNorm" in name or "layer_norm" in name or name.endswith(".bias"):
+            # Every norm ("LayerNorm", "layer_norm", ModernBERT's "attn_norm"/"final_norm", NomicBERT's "emb_ln"...).
+            if "norm" in name.lower() or "emb_ln" in name or name.endswith(".bias"):
                 p.add_(0.1 * torch.randn_like(p))
         if not hf_config.tie_word_embeddings and hasattr(model, "lm_head"):
             # Untied, RoBERTa's decoder uses lm_head.decoder.bias and never lm_head.bias; bert_jax keeps the

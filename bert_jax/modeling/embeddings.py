@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bert_jax.config import BertConfig
+from bert_jax.config import LEARNED_POSITION_TYPES, BertConfig
 from bert_jax.modeling.dropout import Dropout
 from bert_jax.modeling.common import layer_norm, weight_init
 
@@ -39,7 +39,8 @@ class BertEmbeddings(nn.Module):
                                                 param_dtype=jnp.dtype(cfg.param_dtype),
                                                 embedding_init=weight_init(cfg, axes), name=name)
         self.word_embeddings = embed(cfg.vocab_size, ("vocab", "embed"), "word_embeddings")
-        self.position_embeddings = embed(cfg.max_position_embeddings, (None, "embed"), "position_embeddings")
+        if cfg.position_embedding_type in LEARNED_POSITION_TYPES:  # rotary / alibi / none: positions act in attention
+            self.position_embeddings = embed(cfg.max_position_embeddings, (None, "embed"), "position_embeddings")
         if cfg.type_vocab_size:
             self.token_type_embeddings = embed(cfg.type_vocab_size, (None, "embed"), "token_type_embeddings")
         if cfg.embedding_norm:
@@ -58,12 +59,13 @@ class BertEmbeddings(nn.Module):
         if self.config.type_vocab_size:
             x = x + _lookup(self.token_type_embeddings, token_type_ids, (None, None), ("batch", "length", "embed"))
         # Positions are [1, L] (shared by the batch) or [B, L].
-        position_embeddings = _lookup(self.position_embeddings, position_ids, (None, None),
-                                      ("batch" if position_ids.shape[0] > 1 else None, "length", "embed"))
-        # Relative-position models keep the (unused) absolute table, as the reference does, so their
-        # checkpoints load unchanged.
-        if self.config.position_embedding_type == "absolute":
-            x = x + position_embeddings
+        if self.config.position_embedding_type in LEARNED_POSITION_TYPES:
+            position_embeddings = _lookup(self.position_embeddings, position_ids, (None, None),
+                                          ("batch" if position_ids.shape[0] > 1 else None, "length", "embed"))
+            # Relative-position models keep the (unused) absolute table, as the reference does, so their
+            # checkpoints load unchanged.
+            if self.config.position_embedding_type == "absolute":
+                x = x + position_embeddings
         if self.config.embedding_norm:
             x = self.LayerNorm(x)
         x = self.dropout(x, deterministic=deterministic)

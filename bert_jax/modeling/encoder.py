@@ -10,9 +10,15 @@ one); bias switches `attention_bias`, `mlp_bias`, `norm_bias`.
 Param names mirror transformers (`attention/self/query`, `attention/output/LayerNorm`,
 `intermediate/dense`, `output/dense`, `crossattention/...`) so checkpoints map by name; Q/K/V
 kernels are kept as [embed, heads, head_dim] so the heads axis can be sharded.
+
+Positions inside attention (`position_embedding_type` "rotary" / "alibi") and the sliding window
+(`local_attention_window`, global every `global_attn_every_n_layers`) read the model's position_ids.
+Whether a layer is global is static for unrolled layers (`BertLayer.layer_index`) and a traced flag
+under `nn.scan` (the layer index is a scanned input), so both layouts compute the same thing.
 """
 
-from typing import Optional, Tuple
+import dataclasses
+from typing import Any, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -21,6 +27,7 @@ import jax.numpy as jnp
 from bert_jax.config import BertConfig
 from bert_jax.modeling.dropout import Dropout
 from bert_jax.modeling.attention import AttentionCall, AttentionMask, select_kernel
+from bert_jax.modeling import positions as pos_lib
 from bert_jax.modeling.common import ACT_FNS, dense, layer_norm, weight_init
 
 Array = jax.Array
@@ -44,8 +51,10 @@ class BertSelfAttention(nn.Module):
     @nn.compact
     def __call__(self, hidden: Array, kv_states: Optional[Array], mask: Optional[AttentionMask],
                  head_mask: Optional[Array], deterministic: bool, output_attentions: bool,
-                 init_cache: bool = False) -> Tuple[Array, Optional[Array]]:
-        """hidden [B, Q, H]; kv_states [B, S, H] (cross) or None (self); head_mask [N] or None.
+                 init_cache: bool = False, position_ids: Optional[Array] = None,
+                 kind: Optional["LayerKind"] = None) -> Tuple[Array, Optional[Array]]:
+        """hidden [B, Q, H]; kv_states [B, S, H] (cross) or None (self); head_mask [N] or None;
+        position_ids [B or 1, Q] (rotary / alibi / window); kind: the layer's local/global flags.
         Returns context [B, Q, N, D] and probabilities [B, N, Q, K] or None."""
         cfg = self.config
         heads, head_dim = cfg.num_attention_heads, cfg.head_dim
@@ -55,6 +64,13 @@ class BertSelfAttention(nn.Module):
         key = proj("key")(source)
         value = proj("value")(source)
         query = nn.with_logical_constraint(query, ("batch", "length", "heads", "kv"))
+        kind = LayerKind() if kind is None else kind
+        in_attention_positions = not self.is_cross and position_ids is not None
+        if in_attention_positions and cfg.position_embedding_type == "rotary":
+            # Rotated before the KV cache is written, so cached keys carry their own positions.
+            theta = kind.select(cfg.rope_theta, cfg.local_rope_theta or cfg.rope_theta)
+            query = pos_lib.apply_rotary(query, position_ids, theta)
+            key = pos_lib.apply_rotary(key, position_ids, theta)
 
         q_len, k_len = hidden.shape[1], key.shape[1]
         q_pos = jnp.arange(q_len)
@@ -86,8 +102,22 @@ class BertSelfAttention(nn.Module):
             segment_ids, causal = None, False
 
         bias = None
-        if cfg.position_embedding_type != "absolute" and not self.is_cross:
+        if cfg.position_embedding_type in ("relative_key", "relative_key_query") and not self.is_cross:
             bias = self._relative_scores(query, key, q_pos, k_pos) * head_dim ** -0.5
+        if in_attention_positions and (cfg.position_embedding_type == "alibi" or kind.maybe_local):
+            q_positions = position_ids
+            # While decoding the keys are the whole cache: positions 0..T-1 after the offset.
+            k_positions = ((cfg.position_offset + k_pos)[None, :] if decoding and not init_cache else position_ids)
+            if cfg.position_embedding_type == "alibi":
+                bias = pos_lib.alibi_bias(q_positions, k_positions, heads)
+            if kind.maybe_local:
+                # Local layers: a dense window mask. Segment ids cannot express it, so they are dropped
+                # and flash kernels fall back (dense_mask_only) rather than attend globally.
+                window = pos_lib.window_mask(q_positions, k_positions, cfg.local_attention_window)
+                if kind.is_global is not None and not isinstance(kind.is_global, bool):
+                    window = jnp.logical_or(window, kind.is_global)  # scanned: this layer may be global
+                dense_mask = window if dense_mask is None else jnp.logical_and(dense_mask, window)
+                segment_ids = None
 
         dropout_rng = None
         if not deterministic and cfg.attention_probs_dropout_prob > 0.0:
@@ -116,6 +146,40 @@ class BertSelfAttention(nn.Module):
         if cfg.position_embedding_type == "relative_key_query":
             scores = scores + jnp.einsum("bknd,qkd->bnqk", key, positional, preferred_element_type=jnp.float32)
         return scores
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerKind:
+    """What differs between layers: global or local attention, and being layer 0. Each flag is a
+    Python bool (unrolled layers, static) or a traced bool scalar (scanned layers); `maybe_local` is
+    static: whether this layer may attend locally (so the window mask must be built)."""
+
+    is_global: Any = True
+    is_first: Any = False
+    maybe_local: bool = False
+
+    @classmethod
+    def of(cls, config: BertConfig, index) -> "LayerKind":
+        if index is None:
+            return cls()
+        if isinstance(index, int):
+            is_global = config.is_global_layer(index)
+            return cls(is_global, index == 0, not is_global)
+        n = config.global_attn_every_n_layers
+        is_global = jnp.logical_or(config.local_attention_window == 0, index % n == 0)
+        return cls(is_global, index == 0, config.has_local_layers)
+
+    def select(self, global_value, local_value):
+        """global_value on global layers, else local_value (traced under scan)."""
+        if isinstance(self.is_global, bool):
+            return global_value if self.is_global else local_value
+        return jnp.where(self.is_global, global_value, local_value)
+
+    def select_first(self, first_value, other_value):
+        """first_value on layer 0, else other_value."""
+        if isinstance(self.is_first, bool):
+            return first_value if self.is_first else other_value
+        return jnp.where(self.is_first, first_value, other_value)
 
 
 def _residual(config: BertConfig, x: Array, residual: Array) -> Array:
@@ -148,10 +212,17 @@ class BertAttention(nn.Module):
     is_cross: bool = False
 
     @nn.compact
-    def __call__(self, hidden, kv_states, mask, head_mask, deterministic, output_attentions, init_cache=False):
-        normed = layer_norm(self.config)(hidden) if self.config.norm_position == "pre" else hidden
+    def __call__(self, hidden, kv_states, mask, head_mask, deterministic, output_attentions, init_cache=False,
+                 position_ids=None, kind=None):
+        normed = hidden
+        if self.config.norm_position == "pre":
+            normed = layer_norm(self.config)(hidden)
+            if not self.config.first_layer_attention_norm and kind is not None and not self.is_cross:
+                # ModernBERT: layer 0 attends to the (already normalised) embeddings directly. The norm's
+                # params exist in every layer (scanned layers must be alike) but layer 0 ignores them.
+                normed = kind.select_first(hidden, normed)
         context, probs = BertSelfAttention(self.config, self.causal, self.is_cross, name="self")(
-            normed, kv_states, mask, head_mask, deterministic, output_attentions, init_cache)
+            normed, kv_states, mask, head_mask, deterministic, output_attentions, init_cache, position_ids, kind)
         return BertSelfOutput(self.config, name="output")(context, hidden, deterministic), probs
 
 
@@ -196,15 +267,21 @@ class BertLayer(nn.Module):
     output_attentions: bool = False
     output_hidden_states: bool = False
     init_cache: bool = False
+    layer_index: Optional[int] = None  # unrolled layers: their index (static); scanned: None (see scan_index)
 
     @nn.compact
     def __call__(self, hidden: Array, head_mask: Optional[Array], mask: Optional[Array],
-                 encoder_hidden_states: Optional[Array], encoder_mask: Optional[Array]):
-        """hidden [B, L, H]; head_mask [N] or None -> (hidden [B, L, H], (hidden or None, self probs
+                 encoder_hidden_states: Optional[Array], encoder_mask: Optional[Array],
+                 position_ids: Optional[Array] = None, scan_index: Optional[Array] = None):
+        """hidden [B, L, H]; head_mask [N] or None; position_ids [B or 1, L]; scan_index: the layer's
+        index as a traced int32 scalar under nn.scan -> (hidden [B, L, H], (hidden or None, self probs
         [B, N, L, K] or None, cross probs [B, N, L, S] or None))."""
         cfg = self.config
+        index = self.layer_index if self.layer_index is not None else scan_index
+        kind = LayerKind.of(cfg, index)
         x, self_probs = BertAttention(cfg, causal=cfg.is_decoder, name="attention")(
-            hidden, None, mask, head_mask, self.deterministic, self.output_attentions, self.init_cache)
+            hidden, None, mask, head_mask, self.deterministic, self.output_attentions, self.init_cache,
+            position_ids, kind)
         cross_probs = None
         if cfg.add_cross_attention and encoder_hidden_states is not None:
             x, cross_probs = BertAttention(cfg, is_cross=True, name="crossattention")(
@@ -225,8 +302,9 @@ class BertEncoder(nn.Module):
     def __call__(self, hidden: Array, mask: Optional[Array], head_mask: Optional[Array],
                  encoder_hidden_states: Optional[Array], encoder_mask: Optional[Array],
                  deterministic: bool = True, output_attentions: bool = False, output_hidden_states: bool = False,
-                 init_cache: bool = False):
-        """Returns (last hidden [B, L, H], all hidden states or None, self probs or None, cross probs or None)."""
+                 init_cache: bool = False, position_ids: Optional[Array] = None):
+        """position_ids [B or 1, L] feed rotary / alibi / window layers.
+        Returns (last hidden [B, L, H], all hidden states or None, self probs or None, cross probs or None)."""
         cfg = self.config
         layer_cls = BertLayer
         if cfg.remat_policy != "none":
@@ -236,15 +314,17 @@ class BertEncoder(nn.Module):
         if cfg.scan_layers:
             scanned = nn.scan(layer_cls, variable_axes={"params": 0, "cache": 0},
                               split_rngs={"params": True, "dropout": True},
-                              in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_hidden_layers,
-                              metadata_params={nn.PARTITION_NAME: "layers"})
+                              in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0),
+                              length=cfg.num_hidden_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+            # The layer index is a scanned input: local/global alternation and layer 0's quirks per step.
+            layer_indices = jnp.arange(cfg.num_hidden_layers, dtype=jnp.int32)
             last, (hiddens, self_probs, cross_probs) = scanned(cfg, **flags, name="layer")(
-                hidden, head_mask, mask, encoder_hidden_states, encoder_mask)
+                hidden, head_mask, mask, encoder_hidden_states, encoder_mask, position_ids, layer_indices)
             unstack = lambda x: None if x is None else tuple(x[i] for i in range(cfg.num_hidden_layers))
             hiddens, self_probs, cross_probs = unstack(hiddens), unstack(self_probs), unstack(cross_probs)
         else:
             last, outs = BertLayerStack(cfg, layer_cls, flags, name="layer")(
-                hidden, head_mask, mask, encoder_hidden_states, encoder_mask)
+                hidden, head_mask, mask, encoder_hidden_states, encoder_mask, position_ids)
             hiddens, self_probs, cross_probs = (tuple(x) if x[0] is not None else None for x in zip(*outs))
         if cfg.norm_position == "pre":
             # Pre-LN's residual stream is never normalised inside the layers: a final norm does it.
@@ -265,12 +345,12 @@ class BertLayerStack(nn.Module):
     flags: dict
 
     @nn.compact
-    def __call__(self, hidden, head_mask, mask, encoder_hidden_states, encoder_mask):
+    def __call__(self, hidden, head_mask, mask, encoder_hidden_states, encoder_mask, position_ids=None):
         outs = []
         for i in range(self.config.num_hidden_layers):
             layer_head_mask = None if head_mask is None else head_mask[i]
-            hidden, out = self.layer_cls(self.config, **self.flags, name=str(i))(
-                hidden, layer_head_mask, mask, encoder_hidden_states, encoder_mask)
+            hidden, out = self.layer_cls(self.config, **self.flags, layer_index=i, name=str(i))(
+                hidden, layer_head_mask, mask, encoder_hidden_states, encoder_mask, position_ids)
             outs.append(out)
         return hidden, outs
 

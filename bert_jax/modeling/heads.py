@@ -35,7 +35,8 @@ class BertPredictionHeadTransform(nn.Module):
     def __call__(self, hidden: Array) -> Array:
         cfg = self.config
         act = ACT_FNS[cfg.mlm_head_act or cfg.hidden_act]
-        hidden = act(dense(cfg, cfg.embedding_size or cfg.hidden_size, ("embed", None), "dense")(hidden))
+        hidden = act(dense(cfg, cfg.embedding_size or cfg.hidden_size, ("embed", None), "dense",
+                           use_bias=cfg.mlm_head_bias)(hidden))
         return layer_norm(cfg)(hidden)
 
 

@@ -103,7 +103,7 @@ class BertModel(nn.Module):
 
         last, all_hidden, attentions, cross = BertEncoder(cfg, name="encoder")(
             hidden, mask, head_mask, encoder_hidden_states, encoder_mask, deterministic, output_attentions,
-            output_hidden_states, init_cache)
+            output_hidden_states, init_cache, position_ids)
         pooled = BertPooler(cfg, name="pooler")(last, cls_positions) if self.add_pooling_layer else None
         return BertModelOutput(last_hidden_state=last, pooler_output=pooled, hidden_states=all_hidden,
                                attentions=attentions, cross_attentions=cross)
