@@ -70,7 +70,7 @@ OVERRIDES = {
     "layer_norm_eps": 1e-6, "initializer_range": 0.05, "position_offset": 2, "vocab_size": 500,
     "rope_theta": 20000.0, "local_rope_theta": 5000.0, "local_attention_window": 16, "global_attn_every_n_layers": 2,
 }
-COMPANIONS = {"skip_padding_positions": {"position_offset": 2}}
+COMPANIONS = {"skip_padding_positions": {"position_offset": 2}, "first_layer_attention_norm": {"norm_position": "pre"}}
 
 
 def _override_value(name, current):
