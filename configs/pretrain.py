@@ -62,6 +62,9 @@ def base_config() -> ml_collections.ConfigDict:
         # True: fresh masks every time an example is seen (reproducible from the seed, resumable); False: the
         # shards' masks (array_record) or the first pass's (text). array_record + True needs `vocab`.
         dynamic_masking=True, worker_count=0,
+        # Masking: each predicted position becomes [MASK] / a random token / stays, with these fractions
+        # (BERT's 80/10/10); whole_word_mask masks all '##' pieces of a word together.
+        mask_token_fraction=0.8, random_token_fraction=0.1, whole_word_mask=False,
         eval_source=""))  # array_record: a separate glob of eval shards; empty: the training shards
     c.optim = ml_collections.ConfigDict(dict(
         optimizer="adamw", learning_rate=1e-4, schedule="linear", warmup_steps=10_000, warmup_fraction=-1.0,
