@@ -52,7 +52,11 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.mode = "pretrain"
-    c.objective = "mlm_nsp"  # or "mlm" (RoBERTa-style, no NSP)
+    c.objective = "mlm_nsp"  # or "mlm" (RoBERTa-style, no NSP), or "electra" (replaced-token detection)
+    # objective="electra" (bert_jax/training/electra.py): the generator has the discriminator's (config.model's)
+    # hidden size, heads and intermediate size divided by generator_size_divisor (the paper: 1/4-1/2 of the
+    # discriminator is best); loss = generator MLM loss + rtd_weight * replaced-token-detection loss (paper: 50).
+    c.electra = ml_collections.ConfigDict(dict(generator_size_divisor=4, rtd_weight=50.0))
     c.model = model_config("base")
     c.data = ml_collections.ConfigDict(dict(
         source="stdlib",  # stdlib (embedded corpus) | array_record:<glob> | text:<glob>

@@ -209,3 +209,210 @@ def test_config_switches_reach_the_text_pipeline(tmp_path):
     finally:
         training_data.pipeline.make_text_mlm_loader = pipeline_attr
     assert seen[0] == dict(whole_word_mask=True, mask_token_fraction=0.6, random_token_fraction=0.2)
+
+
+# ------------------------------------------------------------------------------------------------ ELECTRA
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from bert_jax.config import BertConfig  # noqa: E402
+from bert_jax.training import electra  # noqa: E402
+
+
+def _discriminator_config(**kw):
+    return BertConfig(**{**dict(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                intermediate_size=64, max_position_embeddings=32, model_type="electra"), **kw})
+
+
+def _numpy_electra_loss(gen_logits, ids, weights, rtd_logits, labels, attention, rtd_weight):
+    """The paper's loss, written independently: mean MLM nll over the masked positions + rtd_weight * mean
+    sigmoid BCE over the non-pad tokens."""
+    g = gen_logits.astype(np.float64)
+    log_probs = g - g.max(-1, keepdims=True)
+    log_probs = log_probs - np.log(np.exp(log_probs).sum(-1, keepdims=True))
+    nll = -np.take_along_axis(log_probs, ids[..., None], -1)[..., 0]
+    mlm = (nll * weights).sum() / weights.sum()
+    p = 1 / (1 + np.exp(-rtd_logits.astype(np.float64)))
+    bce = -(labels * np.log(p) + (1 - labels) * np.log(1 - p))
+    active = attention == 1
+    return mlm + rtd_weight * bce[active].mean()
+
+
+def test_electra_loss_against_numpy():
+    rng = np.random.default_rng(0)
+    B, P, L, V = 3, 4, 10, 17
+    gen_logits = rng.normal(size=(B, P, V)).astype(np.float32) * 3
+    ids = rng.integers(0, V, (B, P))
+    weights = (rng.random((B, P)) < 0.7).astype(np.float32)
+    weights[0, 0] = 1
+    rtd_logits = rng.normal(size=(B, L)).astype(np.float32) * 4
+    labels = rng.integers(0, 2, (B, L))
+    attention = (np.arange(L)[None, :] < np.array([[10], [6], [3]])).astype(np.int32)
+    for weight in (50.0, 1.0, 0.0):
+        got = float(electra.electra_loss(jnp.asarray(gen_logits), jnp.asarray(ids), jnp.asarray(weights),
+                                         jnp.asarray(rtd_logits), jnp.asarray(labels), jnp.asarray(attention), weight))
+        want = _numpy_electra_loss(gen_logits, ids, weights, rtd_logits, labels, attention, weight)
+        assert abs(got - want) <= 1e-5 * max(1.0, abs(want)), (weight, got, want)
+
+
+def test_rtd_labels_rule():
+    """Replaced only where the discriminator's input differs from the original text: a sample equal to the
+    original is "original"; padding entries of masked_positions (weight 0) write nothing."""
+    original = jnp.array([[2, 10, 11, 12, 13, 3, 0, 0]])
+    masked = original.at[0, jnp.array([1, 3, 4])].set(jnp.array([4, 4, 12]))  # [MASK], [MASK], a kept token
+    positions = jnp.array([[1, 3, 4, 0]])
+    weights = jnp.array([[1.0, 1.0, 1.0, 0.0]])
+    ids = jnp.array([[10, 12, 13, 0]])
+    sampled = jnp.array([[10, 20, 21, 22]])  # position 1: the original back; 3 and 4: replacements; 0: padding
+    corrupted, labels = electra.corrupt(masked, positions, weights, ids, sampled)
+    np.testing.assert_array_equal(corrupted, [[2, 10, 11, 20, 21, 3, 0, 0]])
+    np.testing.assert_array_equal(labels, [[0, 0, 0, 1, 1, 0, 0, 0]])
+
+
+def test_generator_size_and_shared_embeddings():
+    from flax import traverse_util
+    from bert_jax.modeling import BertForReplacedTokenDetection, init_params
+    d = _discriminator_config()
+    g = electra.generator_config(d, 4)
+    assert (g.hidden_size, g.num_attention_heads, g.intermediate_size, g.embedding_size) == (8, 1, 16, 32)
+    params = init_params(electra.ElectraPretrainingModel(d, g))
+    # The discriminator's params are exactly a BertForReplacedTokenDetection's; the generator has no embeddings.
+    reference = init_params(BertForReplacedTokenDetection(d))
+    assert jax.tree.structure(params["discriminator"]) == jax.tree.structure(reference)
+    generator = traverse_util.flatten_dict(params["generator"])
+    assert not any("embeddings" in k for k in generator) and ("bert", "embeddings_project", "kernel") in generator
+    for bad, named in ((0, "generator_size_divisor"), (3, "does not divide"), (True, "generator_size_divisor")):
+        with pytest.raises(ValueError, match=named):
+            electra.generator_config(d, bad)
+
+
+def _electra_batch(B=4, L=16, P=3, V=60, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(5, V, (B, L)).astype(np.int32)
+    attention = np.ones((B, L), np.int32)
+    attention[1, 10:] = 0
+    ids[attention == 0] = 0
+    positions = np.stack([rng.choice(np.arange(1, 9), P, replace=False) for _ in range(B)]).astype(np.int32)
+    labels = np.take_along_axis(ids, positions, 1)
+    masked = ids.copy()
+    np.put_along_axis(masked, positions, 4, 1)
+    return {"input_ids": masked, "attention_mask": attention, "token_type_ids": np.zeros_like(ids),
+            "masked_lm_positions": positions, "masked_lm_ids": labels,
+            "masked_lm_weights": np.ones((B, P), np.float32)}
+
+
+def test_sampling_is_reproducible_from_the_seed_and_the_generator_gets_gradients():
+    from bert_jax.modeling import init_params
+    d = _discriminator_config()
+    model = electra.ElectraPretrainingModel(d, electra.generator_config(d, 2))
+    params = init_params(model)
+    batch = {k: jnp.asarray(v) for k, v in _electra_batch(B=8, P=6).items()}
+
+    def sample(key):
+        return model.apply({"params": params}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+                           batch["masked_lm_positions"], batch["masked_lm_ids"], batch["masked_lm_weights"],
+                           rngs={"sample": key}).sampled_ids
+    np.testing.assert_array_equal(sample(jax.random.PRNGKey(3)), sample(jax.random.PRNGKey(3)))
+    assert not np.array_equal(sample(jax.random.PRNGKey(3)), sample(jax.random.PRNGKey(4)))
+
+    def loss(p):
+        sums = electra.batch_sums(model, p, batch, jax.random.PRNGKey(0), None)
+        return electra.summarise(sums, *electra._denominators(batch), 50.0)["loss"]
+    grads = jax.grad(loss)(params)
+    norm = lambda tree: float(sum(jnp.sum(x ** 2) for x in jax.tree.leaves(tree)))
+    # Both losses reach their model; the shared embeddings get the generator's MLM gradient too.
+    assert norm(grads["generator"]) > 0 and norm(grads["discriminator"]["discriminator_predictions"]) > 0
+    gen_only = jax.grad(lambda p: electra.summarise(electra.batch_sums(model, p, batch, jax.random.PRNGKey(0), None),
+                                                    *electra._denominators(batch), 0.0)["loss"])(params)
+    assert norm(gen_only["discriminator"]["bert"]["embeddings"]) > 0
+    assert norm(gen_only["discriminator"]["bert"]["encoder"]) == 0  # no gradient through the samples
+
+
+def _electra_run_config(tmp_path, steps_total, **kw):
+    from bert_jax.tokenization import train_wordpiece
+    words = ("the function returns a list of values from the file and raises an error if the path does not "
+             "exist while the class stores the name of each object in a table for later use").split()
+    rs = np.random.RandomState(0)
+    docs = ["\n".join(" ".join(rs.choice(words, rs.randint(5, 12))) + "." for _ in range(rs.randint(3, 7)))
+            for _ in range(40)]
+    text = tmp_path / "corpus.txt"
+    if not text.exists():
+        text.write_text("\n\n".join(docs) + "\n")
+        train_wordpiece([str(text)], vocab_size=300).save(str(tmp_path / "vocab"))
+    c = _pretrain_config()
+    c.objective = "electra"
+    c.data.update(source=f"text:{text}", vocab=str(tmp_path / "vocab"), vocab_size=300, seq_len=32, max_predictions=5,
+                  global_batch_size=8, eval_batches=2, dupe_factor=1)
+    c.optim.update(total_steps=steps_total, warmup_steps=2, learning_rate=2e-3)
+    c.model.update(hidden_size=32, intermediate_size=64, max_position_embeddings=32, hidden_dropout_prob=0.0,
+                   attention_probs_dropout_prob=0.0)
+    c.electra.generator_size_divisor = 2
+    c.log_every, c.eval_every, c.checkpoint_every = 4, 0, 12
+    c.async_checkpointing = False
+    c.progress_bar = False
+    c.update(kw)
+    return c
+
+
+@pytest.mark.slow
+def test_electra_trains_resumes_and_exports(tmp_path):
+    import json
+    from bert_jax.training import trainer
+    c = _electra_run_config(tmp_path, 24, eval_every=24)
+    result = trainer.train_and_evaluate(c, tmp_path / "run")
+    records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    train = [r for r in records if r["split"] == "train"]
+    assert {"mlm_accuracy", "rtd_accuracy", "rtd_loss", "mlm_loss"} <= set(train[0])
+    assert train[-1]["loss"] < train[0]["loss"], [r["loss"] for r in train]
+    assert {"rtd_accuracy", "mlm_accuracy"} <= set(result["eval"])
+
+    # Resumed from its step-12 checkpoint, the run ends with the same params as the uninterrupted one.
+    import shutil
+    from bert_jax.training import checkpoints
+    shutil.copytree(tmp_path / "run", tmp_path / "resumed", ignore=shutil.ignore_patterns("24", "final_metrics.json"))
+    assert sorted(os.listdir(tmp_path / "resumed" / "checkpoints")) == ["12"]
+    trainer.train_and_evaluate(_electra_run_config(tmp_path, 24, eval_every=24), tmp_path / "resumed")
+
+    def final(workdir):
+        ckpt = checkpoints.Checkpointer(str(workdir / "checkpoints"))
+        assert ckpt.latest_step() == 24
+        state, _ = ckpt.read(24)
+        ckpt.close()
+        return jax.tree.map(np.asarray, state["params"])
+    jax.tree.map(np.testing.assert_array_equal, final(tmp_path / "resumed"), final(tmp_path / "run"))
+
+    # The discriminator exports as transformers' ElectraForPreTraining, with the same logits.
+    import torch
+    import transformers
+    from bert_jax import export as export_lib
+    from bert_jax.modeling import BertForReplacedTokenDetection
+    summary = export_lib.export(str(tmp_path / "run"), str(tmp_path / "hf"))
+    assert summary["architecture"] == "ElectraForPreTraining" and summary["step"] == 24
+    assert json.load(open(tmp_path / "hf" / "config.json"))["model_type"] == "electra"
+    hf_model = transformers.ElectraForPreTraining.from_pretrained(str(tmp_path / "hf")).eval()
+    batch = _electra_batch(V=result["model"].config.vocab_size)
+    discriminator = BertForReplacedTokenDetection(result["model"].config)
+    ours = discriminator.apply({"params": final(tmp_path / "run")["discriminator"]}, batch["input_ids"],
+                               batch["attention_mask"], batch["token_type_ids"]).logits
+    with torch.no_grad():
+        theirs = hf_model(input_ids=torch.tensor(batch["input_ids"], dtype=torch.long),
+                          attention_mask=torch.tensor(batch["attention_mask"], dtype=torch.long),
+                          token_type_ids=torch.tensor(batch["token_type_ids"], dtype=torch.long)).logits.numpy()
+    real = batch["attention_mask"] == 1
+    assert np.max(np.abs(np.asarray(ours)[real] - theirs[real])) < 1e-5
+
+
+@pytest.mark.slow
+def test_electra_loss_on_8_devices_equals_1_device(tmp_path):
+    import json
+    import subprocess
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "electra_mesh_worker.py"), str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900,
+                          env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.load(open(tmp_path / "results.json"))
+    reference = results.pop("1x1x1")
+    assert len(results) == 3
+    for mesh, losses in results.items():
+        # Step 2's loss also checks the update of step 1 (optimizer and sharded gradients).
+        assert np.max(np.abs(np.array(losses) - reference)) <= 1e-6 * max(1.0, max(reference)), (mesh, losses, reference)
