@@ -1,6 +1,7 @@
 """Subprocess side of tests/test_objectives.py's mesh test: 8 fake CPU devices (set before jax initialises,
 hence a process of its own). Runs two ELECTRA train steps (the loop's jitted, sharded step) on one device
-and on meshes of 8, and writes {"1x1x1" | "DxFxT": [loss of step 1, loss of step 2]} to OUT_DIR/results.json.
+and on meshes of 8, and writes {"1x1x1" | "DxFxT": [{loss, mlm_loss, rtd_loss} of step 1, ... of step 2]} to
+OUT_DIR/results.json.
 
     python tests/electra_mesh_worker.py OUT_DIR
 """
@@ -64,7 +65,7 @@ def losses_on(mesh_shape) -> list:
     with sharding.activation_context(mesh, rules):
         for step in range(2):
             state, metrics = built.train_step(state, sharding.make_global_batch(host_batch(step), mesh, rules))
-            out.append(float(metrics["loss"]))
+            out.append({k: float(metrics[k]) for k in ("loss", "mlm_loss", "rtd_loss")})
     return out
 
 
