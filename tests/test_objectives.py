@@ -303,11 +303,12 @@ def _electra_batch(B=4, L=16, P=3, V=60, seed=0):
 
 def test_sampling_is_reproducible_from_the_seed_and_the_generator_gets_gradients():
     from bert_jax.modeling import init_params
-    d = _discriminator_config()
+    d = _discriminator_config(num_hidden_layers=1)
     model = electra.ElectraPretrainingModel(d, electra.generator_config(d, 2))
     params = init_params(model)
     batch = {k: jnp.asarray(v) for k, v in _electra_batch(B=8, P=6).items()}
 
+    @jax.jit
     def sample(key):
         return model.apply({"params": params}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
                            batch["masked_lm_positions"], batch["masked_lm_ids"], batch["masked_lm_weights"],
@@ -315,15 +316,17 @@ def test_sampling_is_reproducible_from_the_seed_and_the_generator_gets_gradients
     np.testing.assert_array_equal(sample(jax.random.PRNGKey(3)), sample(jax.random.PRNGKey(3)))
     assert not np.array_equal(sample(jax.random.PRNGKey(3)), sample(jax.random.PRNGKey(4)))
 
-    def loss(p):
-        sums = electra.batch_sums(model, p, batch, jax.random.PRNGKey(0), None)
-        return electra.summarise(sums, *electra._denominators(batch), 50.0)["loss"]
-    grads = jax.grad(loss)(params)
+    @jax.jit
+    def grads_with(p, rtd_weight):
+        def loss(p):
+            sums = electra.batch_sums(model, p, batch, jax.random.PRNGKey(0), None)
+            return electra.summarise(sums, *electra._denominators(batch), rtd_weight)["loss"]
+        return jax.grad(loss)(p)
+    grads = grads_with(params, 50.0)
     norm = lambda tree: float(sum(jnp.sum(x ** 2) for x in jax.tree.leaves(tree)))
     # Both losses reach their model; the shared embeddings get the generator's MLM gradient too.
     assert norm(grads["generator"]) > 0 and norm(grads["discriminator"]["discriminator_predictions"]) > 0
-    gen_only = jax.grad(lambda p: electra.summarise(electra.batch_sums(model, p, batch, jax.random.PRNGKey(0), None),
-                                                    *electra._denominators(batch), 0.0)["loss"])(params)
+    gen_only = grads_with(params, 0.0)
     assert norm(gen_only["discriminator"]["bert"]["embeddings"]) > 0
     assert norm(gen_only["discriminator"]["bert"]["encoder"]) == 0  # no gradient through the samples
 
@@ -452,3 +455,33 @@ def test_electra_recipe_config():
             hidden, embedding, "electra")
         assert (model.generator_config.hidden_size, model.generator_config.num_attention_heads) == (gen_hidden, gen_heads)
         assert (c.data.mask_token_fraction, c.data.random_token_fraction) == (0.85, 0.0)
+
+
+def test_fill_mask_with_the_electra_generator(capsys):
+    """The demo's fill-mask step runs on an ELECTRA run (its generator is the masked LM)."""
+    import types
+    from bert_jax.modeling import init_params
+    from bert_jax.tokenization import train_wordpiece
+    from bert_jax.training import trainer
+    tokenizer = train_wordpiece(["the function returns a list", "the class stores a name"], vocab_size=60)
+    d = _discriminator_config(num_hidden_layers=1, vocab_size=tokenizer.vocab_size)
+    model = electra.ElectraPretrainingModel(d, electra.generator_config(d, 2))
+    result = {"model": model, "state": types.SimpleNamespace(params=init_params(model)),
+              "data": types.SimpleNamespace(tokenizer=tokenizer)}
+    predictions = trainer.print_fill_mask(result, ["the [MASK] returns a list", "a [MASK]"], top_k=3)
+    assert len(predictions) == 2 and all(len(p) == 3 for p in predictions)
+    assert "fill-mask" in capsys.readouterr().out
+
+
+def test_static_shards_say_when_config_asks_for_other_masks(tmp_path, caplog):
+    """dynamic_masking=False keeps the shards' masks: a config asking for other masking switches is told so."""
+    import logging
+    from bert_jax.training import data as training_data
+    examples = [_masker()(e, index=i) for i, e in enumerate(_synthetic_examples(4))]
+    pretraining.write_examples(examples, str(tmp_path) + "/", metadata={"config": {"do_whole_word_mask": False}})
+    masking = dict(whole_word_mask=False, mask_token_fraction=0.8, random_token_fraction=0.1)
+    with caplog.at_level(logging.WARNING):
+        training_data._check_static_masking(str(tmp_path), masking)
+        assert not caplog.records
+        training_data._check_static_masking(str(tmp_path), dict(masking, whole_word_mask=True))
+    assert "do_whole_word_mask" in caplog.text and "dynamic_masking=True" in caplog.text
