@@ -485,3 +485,28 @@ def test_static_shards_say_when_config_asks_for_other_masks(tmp_path, caplog):
         assert not caplog.records
         training_data._check_static_masking(str(tmp_path), dict(masking, whole_word_mask=True))
     assert "do_whole_word_mask" in caplog.text and "dynamic_masking=True" in caplog.text
+
+
+@pytest.mark.slow
+def test_electra_gradient_accumulation_equals_the_whole_batch():
+    """Each row's replacements come from its own key, split before the micro-batches: 2 micro-batches give the
+    whole batch's loss and update (no dropout)."""
+    import optax
+    from bert_jax.modeling import init_params
+    from bert_jax.training import steps
+    d = _discriminator_config(num_hidden_layers=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = electra.ElectraPretrainingModel(d, electra.generator_config(d, 2))
+    params = init_params(model)
+    tx = optax.adam(1e-3)
+    batch = {k: jnp.asarray(v) for k, v in _electra_batch(B=8, P=4).items()}
+    results = []
+    for micro in (1, 2):
+        state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                                 rng=jax.random.PRNGKey(5))
+        step = jax.jit(electra.make_train_step(model, tx, lambda s: 1e-3, micro_batches=micro))
+        results.append(step(state, batch))
+    (one, m1), (two, m2) = results
+    for name in ("loss", "mlm_loss", "rtd_loss", "rtd_accuracy", "replaced_fraction"):
+        assert abs(float(m1[name]) - float(m2[name])) <= 1e-6 * max(1.0, abs(float(m1[name]))), name
+    assert float(m1["replaced_fraction"]) > 0
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), one.params, two.params)

@@ -8,14 +8,15 @@ learns, at every non-pad token, whether the token is the original or a replaceme
 What this follows from the paper and google-research/electra:
   * Generator size: hidden size, heads and intermediate size of the discriminator divided by
     `generator_size_divisor` (same depth). The paper finds generators 1/4-1/2 of the discriminator's size
-    best (Fig. 3; ELECTRA-Small and -Large use 1/4, -Base 1/3); the default divisor is 4.
+    best (Section 3.2, Fig. 3; ELECTRA-Small and -Large use 1/4, -Base 1/3); the default divisor is 4.
   * Shared embeddings: the generator reads the discriminator's embedding module (word, position and
     token-type tables and the embedding LayerNorm, as the official code shares the whole `embeddings`
     scope), projected to its own width by its `embeddings_project` when narrower; its MLM decoder is
     tied to the shared word embeddings. The generator's params therefore hold no `embeddings`.
   * Replacements are drawn from the generator's softmax (temperature 1, a categorical / Gumbel-max draw
-    from the step's rng) with no gradient into the discriminator input (the sample is discrete; the
-    logits are also stop-gradient'ed). A sampled token equal to the original is labelled "original".
+    from the step's rng, one key per row so micro-batching and sharding draw the same samples) with no
+    gradient into the discriminator input (the sample is discrete; the logits are also stop-gradient'ed).
+    A sampled token equal to the original is labelled "original".
   * The RTD loss is the mean binary cross-entropy over the non-pad tokens (attention_mask == 1, [CLS]
     and [SEP] included), the MLM loss the mean over the masked positions (`masked_lm_weights`).
 
@@ -131,8 +132,10 @@ class ElectraPretrainingModel(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, masked_positions=None,
-                 masked_lm_ids=None, masked_lm_weights=None, *, deterministic: bool = True
+                 masked_lm_ids=None, masked_lm_weights=None, sample_keys=None, *, deterministic: bool = True
                  ) -> ElectraPretrainingOutput:
+        """`sample_keys` [B, key]: one PRNG key per row for the replacements (default: split from the
+        `sample` rng), so that a row's sample does not depend on how the batch is split or sharded."""
         discriminator = BertForReplacedTokenDetection(self.config, name="discriminator")
         if self.is_initializing():  # the shared embeddings exist before the generator reads them
             discriminator(input_ids, attention_mask, token_type_ids, deterministic=True)
@@ -144,8 +147,10 @@ class ElectraPretrainingModel(nn.Module):
         generator = self._generator()
         gen_logits = generator(input_ids, attention_mask, token_type_ids, masked_positions=masked_positions,
                                deterministic=deterministic).logits  # [B, P, V]
-        sampled = jax.random.categorical(self.make_rng("sample"),
-                                         jax.lax.stop_gradient(gen_logits.astype(jnp.float32)), axis=-1)
+        if sample_keys is None:
+            sample_keys = jax.random.split(self.make_rng("sample"), input_ids.shape[0])
+        sampled = jax.vmap(lambda key, logits: jax.random.categorical(key, logits, axis=-1))(
+            sample_keys, jax.lax.stop_gradient(gen_logits.astype(jnp.float32)))  # [B, P]
         weights = masked_lm_weights if masked_lm_weights is not None else jnp.ones(masked_positions.shape)
         corrupted, labels = corrupt(input_ids, masked_positions, weights, masked_lm_ids, sampled)
         rtd_logits = discriminator(corrupted, attention_mask, token_type_ids, deterministic=deterministic).logits
@@ -210,13 +215,14 @@ def electra_loss(generator_logits: Array, masked_lm_ids: Array, masked_lm_weight
 
 def batch_sums(model: ElectraPretrainingModel, params, batch: Dict[str, Array], sample_rng: Array,
                dropout_rng: Optional[Array]) -> Dict[str, Array]:
-    """`electra_sums` of the model on one (micro-)batch; dropout when `dropout_rng` is given."""
-    rngs = {"sample": sample_rng}
+    """`electra_sums` of the model on one (micro-)batch; replacements from the batch's `sample_keys`
+    ([B, key], one per row) if it has them, else from `sample_rng`; dropout when `dropout_rng` is given."""
+    rngs = {} if sample_rng is None else {"sample": sample_rng}
     if dropout_rng is not None:
         rngs["dropout"] = dropout_rng
     out = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
                       batch["masked_lm_positions"], batch["masked_lm_ids"], batch["masked_lm_weights"],
-                      deterministic=dropout_rng is None, rngs=rngs)
+                      batch.get("sample_keys"), deterministic=dropout_rng is None, rngs=rngs)
     return electra_sums(out, batch["masked_lm_ids"], batch["masked_lm_weights"], batch["attention_mask"])
 
 
@@ -224,17 +230,21 @@ def make_train_step(model: ElectraPretrainingModel, tx: optax.GradientTransforma
                     rtd_weight: float = DEFAULT_RTD_WEIGHT, micro_batches: int = 1, skip_nonfinite: bool = False
                     ) -> Callable[[steps.TrainState, Dict[str, Array]], Tuple[steps.TrainState, Dict]]:
     """`train_step(state, batch) -> (state, metrics)` (the loop's contract, as `steps.make_train_step`).
-    Replacements and dropout draw from `fold_in(state.rng, step)`, so a step is reproducible from the seed."""
+    Replacements and dropout draw from `fold_in(state.rng, step)`, so a step is reproducible from the seed;
+    each row's replacements from its own key, split before the micro-batches, so accumulation over
+    micro-batches samples what the whole batch would."""
 
     def train_step(state: steps.TrainState, batch: Dict[str, Array]):
         mlm_den, token_den = _denominators(batch)
         step_rng = jax.random.fold_in(state.rng, state.step)
+        sample_rng, step_rng = jax.random.split(step_rng)
+        batch = dict(batch, sample_keys=jax.random.split(sample_rng, batch["input_ids"].shape[0]))
 
         def grads_of(micro, index):
-            sample_rng, dropout_rng = jax.random.split(jax.random.fold_in(step_rng, index))
+            dropout_rng = jax.random.fold_in(step_rng, index)
 
             def loss_fn(params):
-                sums = batch_sums(model, params, micro, sample_rng, dropout_rng)
+                sums = batch_sums(model, params, micro, None, dropout_rng)
                 return summarise(sums, mlm_den, token_den, rtd_weight)["loss"], sums
             (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
             return grads, sums
