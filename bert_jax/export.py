@@ -88,7 +88,11 @@ def read_model_config(workdir: str) -> Tuple[BertConfig, str]:
 
 
 def model_class_named(name: str) -> type:
-    by_name = {**MODEL_CLASSES, **{cls.__name__: cls for cls in MODEL_CLASSES.values()}}
+    from bert_jax.architectures import HF_CLASS_NAMES
+    from bert_jax.modeling import EXTRA_CLASSES
+    # Also other families' transformers names (an ELECTRA run's model_config.json says ElectraForPreTraining).
+    by_name = {**HF_CLASS_NAMES, **MODEL_CLASSES, **EXTRA_CLASSES,
+               **{cls.__name__: cls for cls in MODEL_CLASSES.values()}}
     if name not in by_name:
         raise ExportError(f"unknown architecture {name!r}; bert_jax exports {sorted(MODEL_CLASSES)}")
     return by_name[name]
@@ -138,8 +142,9 @@ def is_scanned(shapes: Dict[Tuple[str, ...], Tuple[int, ...]]) -> bool:
                for path in shapes for i in range(1, len(path) - 1))
 
 
-def restore_model_params(checkpoints_dir: str, step: int, model: nn.Module, saved: dict):
-    """The params of the TrainState saved at `step` (`saved`: their shapes), as `model` builds them."""
+def restore_model_params(checkpoints_dir: str, step: int, model: nn.Module, saved: dict, prefix: Tuple[str, ...] = ()):
+    """The params of the TrainState saved at `step` (`saved`: their shapes, under `prefix` in the saved
+    tree), as `model` builds them."""
     from bert_jax.training import checkpoints  # orbax: imported only when exporting
     # Traced, not compiled; restored onto one device whatever mesh the run saved from.
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -156,8 +161,13 @@ def restore_model_params(checkpoints_dir: str, step: int, model: nn.Module, save
         raise ExportError(f"the params saved at step {step} in {checkpoints_dir} are not those of the "
                           f"{type(model).__name__} that {MODEL_CONFIG} describes; {len(problems)} difference(s): "
                           f"{problems[:5]}")
+    for name in reversed(prefix):
+        abstract = {name: abstract}
     try:
-        return checkpoints.restore_params(checkpoints_dir, abstract, step=step)
+        restored = checkpoints.restore_params(checkpoints_dir, abstract, step=step)
+        for name in prefix:
+            restored = restored[name]
+        return restored
     except Exception as e:  # orbax raises many types for a missing/corrupt checkpoint
         raise ExportError(f"cannot restore the params of step {step} from {checkpoints_dir}: "
                           f"{type(e).__name__}: {str(e)[:600]}") from e
@@ -205,10 +215,15 @@ def export(checkpoint: str, output: str, step: Optional[int] = None, model_class
     target = build_model(model_class_named(model_class), config) if model_class else source
     chosen = select_step(workdir, checkpoints_dir, step)
     saved = saved_param_shapes(checkpoints_dir, chosen)
+    prefix = ()
+    if {k[0] for k in saved} == {"generator", "discriminator"}:
+        # An ELECTRA pretraining run (bert_jax.training.electra): its discriminator is the model exported.
+        prefix = ("discriminator",)
+        saved = {k[1:]: v for k, v in saved.items() if k[0] == "discriminator"}
     if is_scanned(saved):
         config = config.replace(scan_layers=True)
         source, target = (build_model(type(m), config) for m in (source, target))
-    params = restore_model_params(checkpoints_dir, chosen, source, saved)
+    params = restore_model_params(checkpoints_dir, chosen, source, saved, prefix)
     if type(target) is not type(source):
         params = convert_head(params, source, target)
     params = jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
@@ -216,7 +231,8 @@ def export(checkpoint: str, output: str, step: Optional[int] = None, model_class
     save_hf_checkpoint(output, hf_config, params, type(target))
     has_tokenizer = save_tokenizer(tokenizer or os.fspath(paths.workdir_path(workdir) / TOKENIZER_DIR), output,
                                    config.max_position_embeddings)
-    architecture = next(n for n, c in MODEL_CLASSES.items() if c is type(target))
+    from bert_jax.architectures import FAMILIES
+    architecture = FAMILIES[config.model_type].classes.get(type(target)) or type(target).__name__
     logger.info("exported %s step %d from %s to %s", architecture, chosen, checkpoints_dir, output)
     return {"step": chosen, "architecture": architecture, "output": os.path.abspath(output),
             "tokenizer": has_tokenizer}

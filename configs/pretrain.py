@@ -126,7 +126,11 @@ def base_config() -> ml_collections.ConfigDict:
     # see bert_jax.training.loop.set_prng_impl). A run resumes under the implementation it started with.
     c.prng_impl = "threefry"
     c.mode = "pretrain"
-    c.objective = "mlm_nsp"  # or "mlm" (RoBERTa-style, no NSP)
+    c.objective = "mlm_nsp"  # or "mlm" (RoBERTa-style, no NSP), or "electra" (replaced-token detection)
+    # objective="electra" (bert_jax/training/electra.py): the generator has the discriminator's (config.model's)
+    # hidden size, heads and intermediate size divided by generator_size_divisor (the paper: 1/4-1/2 of the
+    # discriminator is best); loss = generator MLM loss + rtd_weight * replaced-token-detection loss (paper: 50).
+    c.electra = ml_collections.ConfigDict(dict(generator_size_divisor=4, rtd_weight=50.0))
     c.model = model_config("base")
     c.data = ml_collections.ConfigDict(dict(
         source="stdlib",  # stdlib (embedded corpus) | array_record:<glob> | text:<glob>
@@ -136,6 +140,9 @@ def base_config() -> ml_collections.ConfigDict:
         # True: fresh masks every time an example is seen (reproducible from the seed, resumable); False: the
         # shards' masks (array_record) or the first pass's (text). array_record + True needs `vocab`.
         dynamic_masking=True, worker_count=0,
+        # Masking: each predicted position becomes [MASK] / a random token / stays, with these fractions
+        # (BERT's 80/10/10); whole_word_mask masks all '##' pieces of a word together.
+        mask_token_fraction=0.8, random_token_fraction=0.1, whole_word_mask=False,
         eval_source=""))  # array_record: a separate glob of eval shards; empty: the training shards
     # Fields and meaning: bert_jax.training.optim.default_config (schedules 'one_cycle' / 'trapezoidal' and
     # the batch-size ramp: see make_optimizer; with a ramp the schedule counts optimizer updates).

@@ -3,7 +3,8 @@ r"""Creates BERT masked-LM / next-sentence pre-training data as ArrayRecord shar
     python -m bert_jax.data.create_pretraining_data \
         --input='corpus/*.txt,extra.txt' --output=out_dir/ --vocab=vocab.txt \
         --max_seq_length=128 --max_predictions_per_seq=20 --masked_lm_prob=0.15 --short_seq_prob=0.1 \
-        --dupe_factor=10 --random_seed=12345 --num_shards=8 [--do_whole_word_mask] [--nodo_lower_case]
+        --dupe_factor=10 --random_seed=12345 --num_shards=8 [--do_whole_word_mask] [--nodo_lower_case] \
+        [--mask_token_fraction=0.8 --random_token_fraction=0.1]
 
 Input: one sentence per line, blank lines between documents. Output: `{prefix}.array_record-0000i-of-0000N`
 and `{prefix}.features.json` (`--output` a directory -> prefix `DIR/pretraining`); read them back with
@@ -29,6 +30,9 @@ flags.DEFINE_bool("do_whole_word_mask", False, "Mask whole words instead of indi
 flags.DEFINE_integer("max_seq_length", 128, "Maximum sequence length.")
 flags.DEFINE_integer("max_predictions_per_seq", 20, "Maximum number of masked LM predictions per sequence.")
 flags.DEFINE_float("masked_lm_prob", 0.15, "Masked LM probability.")
+flags.DEFINE_float("mask_token_fraction", 0.8, "Fraction of the predicted positions replaced by [MASK].")
+flags.DEFINE_float("random_token_fraction", 0.1, "Fraction of the predicted positions replaced by a random token "
+                   "(the rest keep their token).")
 flags.DEFINE_float("short_seq_prob", 0.1, "Probability of creating sequences shorter than the maximum length.")
 flags.DEFINE_integer("dupe_factor", 10, "Number of times to duplicate the input data (with different masks).")
 flags.DEFINE_integer("random_seed", 12345, "Random seed for data generation.")
@@ -65,7 +69,8 @@ def main(argv):
         max_seq_length=FLAGS.max_seq_length, max_predictions_per_seq=FLAGS.max_predictions_per_seq,
         masked_lm_prob=FLAGS.masked_lm_prob, short_seq_prob=FLAGS.short_seq_prob, dupe_factor=FLAGS.dupe_factor,
         do_whole_word_mask=FLAGS.do_whole_word_mask, random_seed=FLAGS.random_seed, num_shards=FLAGS.num_shards,
-        show_progress=FLAGS.progress)
+        show_progress=FLAGS.progress, mask_token_fraction=FLAGS.mask_token_fraction,
+        random_token_fraction=FLAGS.random_token_fraction)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
-from bert_jax.data.pretraining import CLS, MASK, PAD, SEP, _vocab_words, validate_args
+from bert_jax.data.pretraining import CLS, MASK, PAD, SEP, _vocab_words, validate_args, validate_mask_fractions
 
 
 def unmask(features: Mapping[str, Any]) -> np.ndarray:
@@ -32,8 +32,9 @@ class DynamicMasker:
     Same rule as the static recipe: candidates are attended, non-special positions (grouped into words when
     `whole_word_mask`, a word being a position followed by adjacent `continuation_token_ids`, i.e. '##' pieces);
     `num_to_predict = min(max_predictions_per_seq, max(1, round(num_attended_tokens * masked_lm_prob)))`; words
-    are taken in random order, skipping any that would overshoot; each chosen position becomes [MASK] 80%, stays
-    10%, a uniformly random id in [0, vocab_size) 10%. The generator is `np.random.default_rng([seed, epoch,
+    are taken in random order, skipping any that would overshoot; each chosen position becomes [MASK] with
+    probability `mask_token_fraction` (0.8), a uniformly random id in [0, vocab_size) with `random_token_fraction`
+    (0.1), and keeps its token otherwise (BERT's 80/10/10 by default). The generator is `np.random.default_rng([seed, epoch,
     index])`, so the result does not depend on the order examples are processed in.
 
     `per_epoch=False` masks every epoch as epoch 0 (static masking: each example keeps its first pass's
@@ -43,8 +44,12 @@ class DynamicMasker:
 
     def __init__(self, vocab_size: int, mask_token_id: int, special_token_ids: Iterable[int],
                  masked_lm_prob: float = 0.15, max_predictions_per_seq: int = 20, whole_word_mask: bool = False,
-                 seed: int = 0, continuation_token_ids: Optional[Iterable[int]] = None, per_epoch: bool = True):
+                 seed: int = 0, continuation_token_ids: Optional[Iterable[int]] = None, per_epoch: bool = True,
+                 mask_token_fraction: float = 0.8, random_token_fraction: float = 0.1):
         validate_args(max_predictions_per_seq=max_predictions_per_seq, masked_lm_prob=masked_lm_prob)
+        # The second draw (keep vs random among the positions not set to [MASK]) is 0.5 exactly for 80/10/10.
+        self.keep_given_unmasked = validate_mask_fractions(mask_token_fraction, random_token_fraction)
+        self.mask_token_fraction, self.random_token_fraction = float(mask_token_fraction), float(random_token_fraction)
         if int(vocab_size) < 1:
             raise ValueError(f"vocab_size must be >= 1, got {vocab_size!r}")
         if not 0 <= int(mask_token_id) < int(vocab_size):
@@ -100,8 +105,8 @@ class DynamicMasker:
         labels = ids[positions]
         keep_or_mask, keep_or_random = rng.random(k), rng.random(k)
         random_ids = rng.integers(0, self.vocab_size, k)
-        replaced = np.where(keep_or_mask < 0.8, self.mask_token_id,
-                            np.where(keep_or_random < 0.5, labels, random_ids))
+        replaced = np.where(keep_or_mask < self.mask_token_fraction, self.mask_token_id,
+                            np.where(keep_or_random < self.keep_given_unmasked, labels, random_ids))
         out = dict(features)
         out["input_ids"] = ids.copy()
         out["input_ids"][positions] = replaced

@@ -110,7 +110,9 @@ def _describe(obj) -> str:
     if isinstance(obj, pretraining.DynamicMasker):
         return (f"DynamicMasker(seed={obj.seed}, vocab_size={obj.vocab_size}, mask_token_id={obj.mask_token_id}, "
                 f"masked_lm_prob={obj.masked_lm_prob}, max_predictions_per_seq={obj.max_predictions_per_seq}, "
-                f"whole_word_mask={obj.whole_word_mask}, per_epoch={obj.per_epoch})")
+                f"whole_word_mask={obj.whole_word_mask}, per_epoch={obj.per_epoch}"
+                + (f", mask_token_fraction={obj.mask_token_fraction}, random_token_fraction={obj.random_token_fraction}"
+                   if (obj.mask_token_fraction, obj.random_token_fraction) != (0.8, 0.1) else "") + ")")
     if isinstance(obj, (list, tuple, np.ndarray)):
         return f"{type(obj).__name__}(len={len(obj)})"
     text = repr(obj)
@@ -407,7 +409,8 @@ def make_text_mlm_loader(documents_or_source, tokenizer, *, seq_len: int, global
                          whole_word_mask: bool = False, dupe_factor: int = 1, short_seq_prob: float = 0.1,
                          dynamic_masking: bool = True, process_index: Optional[int] = None, process_count: Optional[int] = None,
                          shuffle: bool = True, num_epochs: Optional[int] = None, drop_remainder: bool = True,
-                         worker_count: int = 0, read_options=None):
+                         worker_count: int = 0, read_options=None, mask_token_fraction: float = 0.8,
+                         random_token_fraction: float = 0.1):
     """Pre-training batches straight from text, for the demo and small corpora: the text is tokenized once
     (cached in memory), turned into fixed-length examples (`text_mlm_examples`: FULL-SENTENCES packing or NSP
     pairs) and masked per epoch with `DynamicMasker.from_tokenizer(tokenizer, seed=seed, ...)`
@@ -427,7 +430,9 @@ def make_text_mlm_loader(documents_or_source, tokenizer, *, seq_len: int, global
     masker = pretraining.DynamicMasker.from_tokenizer(tokenizer, masked_lm_prob=masked_lm_prob,
                                                       max_predictions_per_seq=max_predictions,
                                                       whole_word_mask=whole_word_mask, seed=_check_seed(seed),
-                                                      per_epoch=dynamic_masking)
+                                                      per_epoch=dynamic_masking,
+                                                      mask_token_fraction=mask_token_fraction,
+                                                      random_token_fraction=random_token_fraction)
     return make_pretraining_loader(source, global_batch_size=global_batch_size, seed=seed,
                                    process_index=process_index, process_count=process_count, shuffle=shuffle,
                                    num_epochs=num_epochs, masker=masker, drop_remainder=drop_remainder,

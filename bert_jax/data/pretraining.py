@@ -70,6 +70,27 @@ def validate_args(max_seq_length: int = 128, max_predictions_per_seq: int = 20, 
         raise ValueError(f"short_seq_prob must be in [0, 1], got {short_seq_prob!r}")
 
 
+def validate_mask_fractions(mask_token_fraction: float = 0.8, random_token_fraction: float = 0.1,
+                            prefix: str = "") -> float:
+    """Checks the replacement split of the positions chosen for prediction (each becomes [MASK] with
+    probability `mask_token_fraction`, a uniformly random token with `random_token_fraction`, and stays as
+    it is otherwise; BERT's 80/10/10 is 0.8/0.1). Raises ValueError naming the key (`prefix` + name).
+
+    Returns the probability that a position not replaced by [MASK] keeps its token, the second draw of the
+    original recipe (0.5 exactly for 80/10/10, so the default draws are the original's bit for bit)."""
+    for name, value in (("mask_token_fraction", mask_token_fraction), ("random_token_fraction", random_token_fraction)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
+                or not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"{prefix}{name} must be a number in [0, 1], got {value!r}")
+    if float(mask_token_fraction) + float(random_token_fraction) > 1.0 + 1e-12:
+        raise ValueError(f"{prefix}mask_token_fraction + {prefix}random_token_fraction must be <= 1 (the rest keep "
+                         f"their token), got {mask_token_fraction!r} + {random_token_fraction!r}")
+    # Rounded so decimal fractions give exact ratios (1 - 0.8 - 0.1 is 0.09999999999999995 in binary).
+    keep = max(round(1.0 - float(mask_token_fraction) - float(random_token_fraction), 12), 0.0)
+    unmasked = keep + float(random_token_fraction)
+    return keep / unmasked if unmasked > 0 else 0.0
+
+
 def expand_input_files(patterns: Union[str, os.PathLike, Sequence]) -> list[str]:
     """Comma-separated glob patterns (or a list of them) -> sorted file list; ValueError if a pattern matches none."""
     if isinstance(patterns, (str, os.PathLike)):
@@ -179,10 +200,11 @@ def iter_documents(input_files: Sequence[str], tokenizer, as_ids: bool = False,
 def create_training_instances(input_files, tokenizer, max_seq_length, dupe_factor, short_seq_prob,
                               masked_lm_prob, max_predictions_per_seq, rng, do_whole_word_mask=False,
                               transform: Optional[Callable[[TrainingInstance], Any]] = None,
-                              show_progress=False) -> list:
+                              show_progress=False, mask_token_fraction=0.8, random_token_fraction=0.1) -> list:
     """Creates the shuffled `TrainingInstance`s from raw text (`transform`, if given, is applied to each instance
     as it is created -- e.g. to store compact encoded records -- without changing the random stream)."""
     validate_args(max_seq_length, max_predictions_per_seq, masked_lm_prob, short_seq_prob, dupe_factor)
+    validate_mask_fractions(mask_token_fraction, random_token_fraction)
     if isinstance(input_files, (str, os.PathLike)):
         input_files = expand_input_files(input_files)
     vocab_words = _vocab_words(tokenizer)
@@ -196,7 +218,7 @@ def create_training_instances(input_files, tokenizer, max_seq_length, dupe_facto
     for _, document_index in _progress(steps, dupe_factor * len(all_documents), "documents", show_progress):
         new = create_instances_from_document(
             all_documents, document_index, max_seq_length, short_seq_prob, masked_lm_prob,
-            max_predictions_per_seq, vocab_words, rng, do_whole_word_mask)
+            max_predictions_per_seq, vocab_words, rng, do_whole_word_mask, mask_token_fraction, random_token_fraction)
         instances.extend(map(transform, new) if transform is not None else new)
     rng.shuffle(instances)
     return instances
@@ -204,7 +226,8 @@ def create_training_instances(input_files, tokenizer, max_seq_length, dupe_facto
 
 def create_instances_from_document(all_documents, document_index, max_seq_length, short_seq_prob,
                                    masked_lm_prob, max_predictions_per_seq, vocab_words, rng,
-                                   do_whole_word_mask=False) -> list[TrainingInstance]:
+                                   do_whole_word_mask=False, mask_token_fraction=0.8,
+                                   random_token_fraction=0.1) -> list[TrainingInstance]:
     """Creates `TrainingInstance`s for a single document (line-for-line the original's logic and RNG calls)."""
     document = all_documents[document_index]
     max_num_tokens = max_seq_length - 3  # [CLS], [SEP], [SEP]
@@ -260,7 +283,8 @@ def create_instances_from_document(all_documents, document_index, max_seq_length
                 tokens = [CLS, *tokens_a, SEP, *tokens_b, SEP]
                 segment_ids = [0] * (len(tokens_a) + 2) + [1] * (len(tokens_b) + 1)
                 tokens, masked_lm_positions, masked_lm_labels = create_masked_lm_predictions(
-                    tokens, masked_lm_prob, max_predictions_per_seq, vocab_words, rng, do_whole_word_mask)
+                    tokens, masked_lm_prob, max_predictions_per_seq, vocab_words, rng, do_whole_word_mask,
+                    mask_token_fraction, random_token_fraction)
                 instances.append(TrainingInstance(tokens=tokens, segment_ids=segment_ids,
                                                   masked_lm_positions=masked_lm_positions,
                                                   masked_lm_labels=masked_lm_labels, is_random_next=is_random_next))
@@ -271,8 +295,11 @@ def create_instances_from_document(all_documents, document_index, max_seq_length
 
 
 def create_masked_lm_predictions(tokens, masked_lm_prob, max_predictions_per_seq, vocab_words, rng,
-                                 do_whole_word_mask=False):
-    """Returns (output_tokens, masked_lm_positions, masked_lm_labels), exactly as the original."""
+                                 do_whole_word_mask=False, mask_token_fraction=0.8, random_token_fraction=0.1):
+    """Returns (output_tokens, masked_lm_positions, masked_lm_labels), exactly as the original (whose
+    80/10/10 split is the default `mask_token_fraction` / `random_token_fraction`, see
+    `validate_mask_fractions`; the draws are the original's whatever the split)."""
+    keep_given_unmasked = validate_mask_fractions(mask_token_fraction, random_token_fraction)
     cand_indexes = []
     for i, token in enumerate(tokens):
         if token == CLS or token == SEP:
@@ -299,9 +326,9 @@ def create_masked_lm_predictions(tokens, masked_lm_prob, max_predictions_per_seq
             continue
         for index in index_set:
             covered_indexes.add(index)
-            if rng.random() < 0.8:  # 80% of the time, replace with [MASK]
+            if rng.random() < mask_token_fraction:  # 80% of the time, replace with [MASK]
                 masked_token = MASK
-            elif rng.random() < 0.5:  # 10% of the time, keep original
+            elif rng.random() < keep_given_unmasked:  # 10% of the time, keep original
                 masked_token = tokens[index]
             else:  # 10% of the time, replace with a random word
                 masked_token = vocab_words[rng.randint(0, len(vocab_words) - 1)]
@@ -351,9 +378,11 @@ def instance_to_features(instance: TrainingInstance, tokenizer, max_seq_length: 
 # ---------------------------------------------------------------------------------------- writing shards
 def write_pretraining_data(input_files, output, tokenizer, *, max_seq_length=128, max_predictions_per_seq=20,
                            masked_lm_prob=0.15, short_seq_prob=0.1, dupe_factor=10, do_whole_word_mask=False,
-                           random_seed=12345, num_shards=1, show_progress=False) -> list[str]:
+                           random_seed=12345, num_shards=1, show_progress=False, mask_token_fraction=0.8,
+                           random_token_fraction=0.1) -> list[str]:
     """The original's `main`: creates the instances with `random.Random(random_seed)` and writes shards."""
     validate_args(max_seq_length, max_predictions_per_seq, masked_lm_prob, short_seq_prob, dupe_factor, num_shards)
+    validate_mask_fractions(mask_token_fraction, random_token_fraction)
     files = expand_input_files(input_files)
     logger.info("Reading from %d input files: %s", len(files), files[:10])
 
@@ -362,10 +391,12 @@ def write_pretraining_data(input_files, output, tokenizer, *, max_seq_length=128
 
     records = create_training_instances(
         files, tokenizer, max_seq_length, dupe_factor, short_seq_prob, masked_lm_prob, max_predictions_per_seq,
-        random.Random(random_seed), do_whole_word_mask, transform=encode, show_progress=show_progress)
+        random.Random(random_seed), do_whole_word_mask, transform=encode, show_progress=show_progress,
+        mask_token_fraction=mask_token_fraction, random_token_fraction=random_token_fraction)
     config = dict(max_seq_length=max_seq_length, max_predictions_per_seq=max_predictions_per_seq,
                   masked_lm_prob=masked_lm_prob, short_seq_prob=short_seq_prob, dupe_factor=dupe_factor,
                   do_whole_word_mask=do_whole_word_mask, random_seed=random_seed,
+                  mask_token_fraction=mask_token_fraction, random_token_fraction=random_token_fraction,
                   input_files=[os.path.abspath(p) for p in files])
     paths = write_examples(records, output, num_shards, {"config": config, "vocab_size": len(tokenizer.vocab)},
                            show_progress)

@@ -100,8 +100,23 @@ def _documents(source: str):
     return None
 
 
+def masking_options(config) -> dict:
+    """The masking switches of `config.data` (absent keys: BERT's values), checked, as DynamicMasker's
+    keyword arguments: whole_word_mask, mask_token_fraction, random_token_fraction."""
+    from bert_jax.data.pretraining import validate_mask_fractions
+    d = config.data
+    options = dict(whole_word_mask=d.get("whole_word_mask", False),
+                   mask_token_fraction=d.get("mask_token_fraction", 0.8),
+                   random_token_fraction=d.get("random_token_fraction", 0.1))
+    if not isinstance(options["whole_word_mask"], bool):
+        raise ValueError(f"config.data.whole_word_mask must be true or false, got {options['whole_word_mask']!r}")
+    validate_mask_fractions(options["mask_token_fraction"], options["random_token_fraction"], prefix="config.data.")
+    return options
+
+
 def build_pretraining_data(config, workdir: paths.PathLike) -> PretrainingData:
     d = config.data
+    masking = masking_options(config)
     documents = _documents(d.source)
     tokenizer = _tokenizer(config, workdir, documents) if (documents is not None or d.vocab) else None
     common = dict(global_batch_size=d.global_batch_size, seed=config.seed, worker_count=d.worker_count)
@@ -113,7 +128,7 @@ def build_pretraining_data(config, workdir: paths.PathLike) -> PretrainingData:
         mode = "nsp" if config.objective == "mlm_nsp" else "full_sentences"
         text_kw = dict(seq_len=d.seq_len, masked_lm_prob=d.masked_lm_prob, max_predictions=d.max_predictions,
                        mode=mode, dupe_factor=d.dupe_factor, short_seq_prob=d.short_seq_prob,
-                       dynamic_masking=d.dynamic_masking)
+                       dynamic_masking=d.dynamic_masking, **masking)
         train = pipeline.make_text_mlm_loader(train_docs, tokenizer, **text_kw, **common)
         make_eval = lambda: pipeline.make_text_mlm_loader(eval_docs, tokenizer, **text_kw, **dict(
             common, seed=config.seed + 1), shuffle=False)
@@ -125,7 +140,10 @@ def build_pretraining_data(config, workdir: paths.PathLike) -> PretrainingData:
                                  "(the [MASK] id and special tokens); set it, or dynamic_masking=False to keep the "
                                  "shards' masks")
             masker = DynamicMasker.from_tokenizer(tokenizer, masked_lm_prob=d.masked_lm_prob,
-                                                  max_predictions_per_seq=d.max_predictions, seed=config.seed)
+                                                  max_predictions_per_seq=d.max_predictions, seed=config.seed,
+                                                  **masking)
+        else:
+            _check_static_masking(d.source[len("array_record:"):], masking)
         train = pipeline.make_pretraining_loader(d.source[len("array_record:"):], masker=masker, **common)
         eval_source = d.eval_source or d.source[len("array_record:"):]
         # Eval reads the shards' own masks: the same examples, masked the same way, at every evaluation.
@@ -139,6 +157,21 @@ def build_pretraining_data(config, workdir: paths.PathLike) -> PretrainingData:
     else:
         vocab_size, pad = (config.model.vocab_size or 30522), 0
     return PretrainingData(train, make_eval, d.eval_batches, tokenizer, vocab_size, pad)
+
+
+def _check_static_masking(source: str, masking: dict) -> None:
+    """With static masking the shards' masks are used as written (`create_pretraining_data
+    --do_whole_word_mask --mask_token_fraction ...`): say so when config.data asks for other ones."""
+    from bert_jax.data.records import PretrainingDataSource
+    written = (PretrainingDataSource(source).metadata or {}).get("config", {})
+    wanted = {"do_whole_word_mask": masking["whole_word_mask"], **{k: masking[k] for k in (
+        "mask_token_fraction", "random_token_fraction")}}
+    defaults = {"do_whole_word_mask": False, "mask_token_fraction": 0.8, "random_token_fraction": 0.1}
+    differ = {k: (written.get(k, defaults[k]), v) for k, v in wanted.items() if written.get(k, defaults[k]) != v}
+    if differ:
+        logger.warning("config.data.dynamic_masking=False: the shards' own masks are used, written with %s; "
+                       "config.data asks for %s (write the shards with those options, or set dynamic_masking=True)",
+                       {k: a for k, (a, _) in differ.items()}, {k: b for k, (_, b) in differ.items()})
 
 
 # ------------------------------------------------------------------------------- iterator state

@@ -1,4 +1,5 @@
-"""Pretraining (MLM + NSP or MLM alone) as a task of the training loop: `train_and_evaluate(config,
+"""Pretraining (MLM + NSP, MLM alone, or ELECTRA's replaced-token detection: `config.objective`) as a
+task of the training loop: `train_and_evaluate(config,
 workdir)`, `evaluate_checkpoint`, and fill-mask with the result.
 
 The loop (`training/loop.py`) owns the mesh, state, jitted step and loop body; this module brings the
@@ -20,7 +21,8 @@ from flax import traverse_util
 from bert_jax import flops, sharding
 from bert_jax.config import BertConfig
 from bert_jax.modeling import BertForMaskedLM, BertForPreTraining, losses
-from bert_jax.training import checkpoints, data as training_data, loop, metrics as metrics_lib, paths, steps
+from bert_jax.training import (checkpoints, data as training_data, electra, loop, metrics as metrics_lib, paths,
+                               steps)
 from bert_jax.training.loop import NonFiniteError, nonfinite_steps  # noqa: F401  (part of this module's API)
 from bert_jax.training.optim import make_optimizer
 
@@ -33,18 +35,43 @@ def flops_per_token(config: BertConfig, seq_len: int, mlm_fraction: float) -> fl
     return flops.flops_per_token(config, seq_len, mlm_fraction, training=True)
 
 
+OBJECTIVES = ("mlm_nsp", "mlm", "electra")
+
+
+def electra_options(config: ml_collections.ConfigDict) -> Dict[str, Any]:
+    """`config.electra` (absent keys: the paper's values), checked: generator_size_divisor, rtd_weight."""
+    block = config.get("electra") or {}
+    divisor = block.get("generator_size_divisor", electra.DEFAULT_GENERATOR_SIZE_DIVISOR)
+    weight = block.get("rtd_weight", electra.DEFAULT_RTD_WEIGHT)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
+        raise ValueError(f"config.electra.rtd_weight must be a number >= 0, got {weight!r}")
+    return {"generator_size_divisor": divisor, "rtd_weight": float(weight)}
+
+
 def build_model(config: ml_collections.ConfigDict, model_config: BertConfig):
+    """The model the objective trains: BertForPreTraining (mlm_nsp), BertForMaskedLM (mlm), or the ELECTRA
+    generator + discriminator (`model_config` is the discriminator's)."""
+    if config.objective == "electra":
+        divisor = electra_options(config)["generator_size_divisor"]
+        return electra.ElectraPretrainingModel(model_config, electra.generator_config(model_config, divisor))
     return BertForPreTraining(model_config) if config.objective == "mlm_nsp" else BertForMaskedLM(model_config)
 
 
 def build_model_config(config: ml_collections.ConfigDict, vocab_size: int, pad_token_id: int) -> BertConfig:
-    """`config.model` sized to the vocab, with positions for `config.data.seq_len`."""
-    return BertConfig(**{**config.model.to_dict(), "vocab_size": vocab_size, "pad_token_id": pad_token_id,
-                         "max_position_embeddings": max(config.model.max_position_embeddings, config.data.seq_len)})
+    """`config.model` sized to the vocab, with positions for `config.data.seq_len` (ELECTRA: the
+    discriminator's, model_type "electra" so that it exports as transformers' ElectraForPreTraining)."""
+    model_config = BertConfig(**{**config.model.to_dict(), "vocab_size": vocab_size, "pad_token_id": pad_token_id,
+                                 "max_position_embeddings": max(config.model.max_position_embeddings,
+                                                                config.data.seq_len)})
+    return model_config.replace(model_type="electra") if config.objective == "electra" else model_config
 
 
-def make_train_step(model, tx, schedule, micro_batches: int, skip_nonfinite: bool):
-    """The pretraining step (`steps.make_train_step`) in the loop's `make_train_step` signature."""
+def make_train_step(model, tx, schedule, micro_batches: int, skip_nonfinite: bool, rtd_weight: Optional[float] = None):
+    """The pretraining step (`steps.make_train_step`, or `electra.make_train_step` for the ELECTRA model) in
+    the loop's `make_train_step` signature."""
+    if isinstance(model, electra.ElectraPretrainingModel):
+        return electra.make_train_step(model, tx, schedule, micro_batches=micro_batches, skip_nonfinite=skip_nonfinite,
+                                       rtd_weight=electra.DEFAULT_RTD_WEIGHT if rtd_weight is None else rtd_weight)
     return steps.make_train_step(model, tx, schedule, micro_batches=micro_batches, skip_nonfinite=skip_nonfinite)
 
 
@@ -75,7 +102,9 @@ def write_model_files(workdir: paths.PathLike, config: ml_collections.ConfigDict
     """What `bert_jax.export` reads besides the checkpoints: `model_config.json` (the HF config, with
     the pretraining architecture) and `tokenizer/` (kept if already there: the run's own trained
     vocab, or the one from an earlier start of this run)."""
-    architecture = "BertForPreTraining" if config.objective == "mlm_nsp" else "BertForMaskedLM"
+    # ELECTRA: the discriminator is what is exported (transformers' ElectraForPreTraining).
+    architecture = {"mlm_nsp": "BertForPreTraining", "electra": "ElectraForPreTraining"}.get(config.objective,
+                                                                                            "BertForMaskedLM")
     workdir = paths.workdir_path(workdir)
     paths.write_json(workdir / "model_config.json", model_config.to_hf([architecture]))
     saved = workdir / "tokenizer"
@@ -85,6 +114,11 @@ def write_model_files(workdir: paths.PathLike, config: ml_collections.ConfigDict
 
 def _check_config(config: ml_collections.ConfigDict) -> None:
     loop.check_config(config)
+    if config.objective not in OBJECTIVES:
+        raise ValueError(f"config.objective must be one of {OBJECTIVES}, got {config.objective!r}")
+    if config.objective == "electra":
+        electra_options(config)
+    training_data.masking_options(config)
     if config.checkpoint_every <= 0:
         raise ValueError(f"config.checkpoint_every must be > 0, got {config.checkpoint_every}")
     if config.get("best_metric") and not config.eval_every:
@@ -105,15 +139,26 @@ class PretrainingTask(loop.LoopTask):
         self.best_mode = config.get("best_mode", "max")
         self.step_flops = flops.pretraining_step_flops(self.model_config, config.data.seq_len,
                                                        config.data.max_predictions, config.data.global_batch_size)
+        self.rtd_weight = None
+        if config.objective == "electra":
+            # Generator (MLM at the masked positions) + discriminator (counted with an MLM decoder instead of
+            # the per-token RTD head: an approximation for MFU, a little high).
+            self.rtd_weight = electra_options(config)["rtd_weight"]
+            self.step_flops += flops.pretraining_step_flops(self.model.generator_config, config.data.seq_len,
+                                                            config.data.max_predictions,
+                                                            config.data.global_batch_size)
         self.peak_flops = metrics_lib.peak_flops_per_second(list(mesh.devices.flat),
                                                             config.get("peak_tflops_per_device", 0.0))
-        eval_step = steps.make_eval_step(self.model)
+        is_electra = isinstance(self.model, electra.ElectraPretrainingModel)
+        eval_step = (electra.make_eval_step if is_electra else steps.make_eval_step)(self.model)
+        self.summarise_eval = (lambda totals: electra.summarise_eval(totals, self.rtd_weight)) if is_electra \
+            else steps.summarise_eval
         self.eval_step = jax.jit(lambda params, batch: dict(eval_step(params, batch), **{
             loop.INVALID + field: count for field, count in self.invalid_counts(batch).items()}))
         self._train_iter = None
 
     def make_train_step(self, tx, schedule, micro_batches, skip_nonfinite):
-        return make_train_step(self.model, tx, schedule, micro_batches, skip_nonfinite)
+        return make_train_step(self.model, tx, schedule, micro_batches, skip_nonfinite, self.rtd_weight)
 
     def invalid_counts(self, batch):
         return pretraining_invalid_counts(self.model_config, batch)
@@ -141,7 +186,8 @@ class PretrainingTask(loop.LoopTask):
 
     def evaluate(self, params, step: int) -> Dict[str, float]:
         return evaluate(self.eval_step, params, self.data, self.mesh, self.rules,
-                        lambda counts: loop.check_eval_data(counts, self.config.get("on_invalid_data", "stop"), self))
+                        lambda counts: loop.check_eval_data(counts, self.config.get("on_invalid_data", "stop"), self),
+                        self.summarise_eval)
 
     def train_summary(self, means, done, steps_per_s, skipped):
         batch_size, seq_len = self.config.data.global_batch_size, self.config.data.seq_len
@@ -157,7 +203,7 @@ class Run:
     rules: Any
     data: training_data.PretrainingData
     model_config: BertConfig
-    model: Any  # BertForPreTraining | BertForMaskedLM
+    model: Any  # BertForPreTraining | BertForMaskedLM | electra.ElectraPretrainingModel
     state: Optional[steps.TrainState]  # fresh (or from config.init_from), sharded on `mesh`; None: not built
     train_step: Callable  # jitted (state, global batch) -> (state, metrics); donates the state
     eval_step: Callable  # jitted (params, global batch) -> sums
@@ -235,10 +281,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: paths.PathLik
     return dict(final, state=result.state, model=run.model, data=run.data)
 
 
-def evaluate(eval_step, params, data, mesh, rules, check_invalid: Optional[Callable] = None) -> Dict[str, float]:
-    """MLM/NSP loss and accuracy on the held-out batches, plus the accuracy of always predicting the
-    most frequent masked token (the unigram baseline MLM accuracy should beat). Invalid entries the
-    step counted (`invalid_<field>` sums) go to `check_invalid({field: count})`."""
+def evaluate(eval_step, params, data, mesh, rules, check_invalid: Optional[Callable] = None,
+             summarise: Callable = steps.summarise_eval) -> Dict[str, float]:
+    """MLM/NSP (or ELECTRA's) losses and accuracies on the held-out batches (`summarise` of the summed
+    `eval_step` outputs), plus the accuracy of always predicting the most frequent masked token (the
+    unigram baseline MLM accuracy should beat). Invalid entries the step counted (`invalid_<field>`
+    sums) go to `check_invalid({field: count})`."""
     totals, target_counts = None, {}
     for batch in data.eval_batches():
         sums = eval_step(params, sharding.make_global_batch(batch, mesh, rules))
@@ -252,7 +300,7 @@ def evaluate(eval_step, params, data, mesh, rules, check_invalid: Optional[Calla
     invalid = {k[len(loop.INVALID):]: int(totals.pop(k)) for k in list(totals) if k.startswith(loop.INVALID)}
     if check_invalid is not None:
         check_invalid(invalid)
-    result = steps.summarise_eval(totals)
+    result = summarise(totals)
     result["unigram_baseline_accuracy"] = max(target_counts.values()) / max(sum(target_counts.values()), 1)
     return result
 
@@ -263,6 +311,9 @@ def _initial_params(config, model, mesh, rules, shardings):
         return sharding.sharded_init(model, mesh, rules, jax.random.PRNGKey(config.seed), shardings=shardings)
     source_dir = paths.workdir_path(source)  # a local HF directory, or a bert_jax workdir (local or gs://)
     if (source_dir / "config.json").is_file() and not (source_dir / "checkpoints").is_dir():
+        if isinstance(model, electra.ElectraPretrainingModel):
+            raise ValueError(f"config.init_from={source!r} is a Hugging Face directory; objective=electra starts from "
+                             "scratch or from a bert_jax ELECTRA workdir (generator and discriminator)")
         # Host arrays, each leaf put straight onto its shards; what the checkpoint lacks (e.g. the heads)
         # is initialised sharded, with the values `load_hf_checkpoint`'s own init (key 0) gives it.
         from bert_jax.hf import load_hf_checkpoint
@@ -290,8 +341,17 @@ def print_fill_mask(result: Dict[str, Any], texts, top_k: int = 5) -> list:
         return []
     model, params = result["model"], jax.device_get(result["state"].params)
     enc = tokenizer(list(texts), padding=True)
-    out = model.apply({"params": params}, enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
-    logits = np.asarray(getattr(out, "prediction_logits", None) if hasattr(out, "prediction_logits") else out.logits)
+    if isinstance(model, electra.ElectraPretrainingModel):  # the generator is the masked LM
+        positions = np.argmax(np.asarray(enc["input_ids"]) == tokenizer.mask_token_id, axis=1)[:, None]
+        out = model.apply({"params": params}, enc["input_ids"], enc["attention_mask"], enc["token_type_ids"],
+                          positions, np.zeros_like(positions), np.ones(positions.shape, np.float32),
+                          rngs={"sample": jax.random.PRNGKey(0)})
+        logits = np.zeros(np.shape(enc["input_ids"]) + (out.generator_logits.shape[-1],), np.float32)
+        logits[np.arange(len(positions)), positions[:, 0]] = np.asarray(out.generator_logits[:, 0])
+    else:
+        out = model.apply({"params": params}, enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
+        logits = np.asarray(getattr(out, "prediction_logits", None) if hasattr(out, "prediction_logits")
+                            else out.logits)
     predictions = []
     for row, text in enumerate(texts):
         position = int(np.argmax(enc["input_ids"][row] == tokenizer.mask_token_id))
