@@ -243,9 +243,9 @@ def train(config, workdir: paths.PathLike, task: LoopTask, built: Built, ckpt: c
 
     With a wall-clock budget `config.train_seconds` > 0, the first step at which the training clock has
     reached it is the last: it is logged, evaluated (with `eval_at_end`) and saved as the end of the run.
-    The clock counts seconds spent in this loop (compilation included) minus evaluations, carried over a
-    resume through the checkpoint; it is read on the host after each step is dispatched, so steps still in
-    flight then finish too. `inf` logs the clock (`train_seconds` in the train and eval lines) without a
+    The clock counts seconds spent in this loop after the first step of this start (which compiles) minus
+    evaluations, carried over a resume through the checkpoint; it is read on the host after each step is
+    dispatched, so steps still in flight then finish too. `inf` logs the clock (`train_seconds` in the train and eval lines) without a
     budget. 0 (the default) neither stops nor logs anything new."""
     workdir = paths.workdir_path(workdir)
     is_main = jax.process_index() == 0
@@ -275,6 +275,9 @@ def train(config, workdir: paths.PathLike, task: LoopTask, built: Built, ckpt: c
             batch = sharding.make_global_batch(task.next_batch(), mesh, rules)
             state, step_metrics = built.train_step(state, batch)
             pending.append(step_metrics)
+            if clock is not None and step == start_step:  # compilation is not training: start the clock after it
+                jax.block_until_ready(step_metrics)
+                clock.restart()
             progress.advance()
             if profile_at and step == start_step + 2 + profile_at:
                 jax.profiler.stop_trace()
@@ -348,11 +351,14 @@ def train(config, workdir: paths.PathLike, task: LoopTask, built: Built, ckpt: c
 
 
 class TrainingClock:
-    """Seconds of training: wall-clock since construction, plus the seconds before a resume, minus the
-    pauses (evaluations) reported with `pause`."""
+    """Seconds of training: wall-clock since construction (or `restart`), plus the seconds before a
+    resume, minus the pauses (evaluations) reported with `pause`."""
 
     def __init__(self, before: float = 0.0):
         self.start, self.before, self.paused = time.perf_counter(), before, 0.0
+
+    def restart(self) -> None:
+        self.start, self.paused = time.perf_counter(), 0.0
 
     def pause(self, seconds: float) -> None:
         self.paused += seconds
