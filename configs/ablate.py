@@ -9,6 +9,7 @@ configs/demo.py) and the variants trained against it on an equal budget.
     config and a Python literal or bare string; a key the config lacks is added, so switches newer than
     configs/pretrain.py's model section work) or, first in the list, a config file "configs/cramming.py:
     runlocal" (path from the repository root, with its argument) that replaces the base for this variant;
+  * order: the variants' order in the table (default: sorted names);
   * shared: the keys every variant takes from the base unless its own specs set them (the data that defines
     the MLM task, so that accuracies compare, and the evaluation cadence the curves are drawn from). A
     variant whose masking rate or sequence length differs gets data.max_predictions = round(seq * rate + 0.5)
@@ -45,4 +46,5 @@ def get_config(arg: str = ""):
         raise ValueError(f"configs/ablate.py takes no arguments, got {arg!r}")
     base = demo.get_config()
     base.progress_bar = False  # the bench runs variants in subprocesses; their logs go to files
-    return ml_collections.ConfigDict(dict(base=base, variants=VARIANTS, shared=SHARED))
+    # `order`: the table's row order (ConfigDict iterates its keys sorted).
+    return ml_collections.ConfigDict(dict(base=base, variants=VARIANTS, order=list(VARIANTS), shared=SHARED))

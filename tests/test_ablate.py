@@ -92,3 +92,138 @@ def test_bad_budget_is_a_clear_error(corpus, tmp_path, value):
         config.train_seconds = value
     with pytest.raises(ValueError, match="train_seconds"):
         trainer.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+# ------------------------------------------------------------------------------------ the grid
+def _bench():
+    from bert_jax.ablate import grid
+    return grid.load_bench("configs/ablate.py")
+
+
+def test_default_grid_resolves_bert_as_the_demo_and_switches_as_overrides():
+    from bert_jax.ablate import grid
+    bench = _bench()
+    assert list(bench.order)[:5] == ["bert", "preln", "preln_geglu_nobias", "rmsnorm", "mask30"]
+    variants = {v.name: v for v in grid.resolve_all(bench)}
+    bert = variants["bert"]
+    assert bert.unavailable is None and bert.config.to_dict() == bench.base.to_dict()  # the demo, unchanged
+    assert variants["preln"].config.model.norm_position == "pre"
+    gated = variants["preln_geglu_nobias"].config.model
+    assert (gated.mlp_type, gated.attention_bias, gated.mlp_bias, gated.norm_bias) == ("geglu", False, False, False)
+    assert variants["rmsnorm"].config.model.norm_type == "rmsnorm"
+    mask30 = variants["mask30"].config.data
+    assert (mask30.masked_lm_prob, mask30.max_predictions) == (0.3, 10)  # 32 * 0.3 + 0.5 -> 10
+    for recipe in ("cramming", "mosaicbert", "modernbert"):  # present or reported unavailable, never a crash
+        v = variants[recipe]
+        assert (v.config is None) == bool(v.unavailable)
+        if v.config is not None:  # the task is the base's: same corpus, sequence length and vocab size
+            assert (v.config.data.seq_len, v.config.data.vocab_size) == (32, bench.base.data.vocab_size)
+
+
+def test_variant_problems_are_reasons_not_crashes(tmp_path):
+    from bert_jax.ablate import grid
+    base = _bench().base
+    missing = grid.resolve("future", ["configs/no_such_recipe.py:runlocal"], base)
+    assert missing.config is None and "no_such_recipe.py does not exist" in missing.unavailable
+    unknown = grid.resolve("rope", ["model.no_such_switch=3"], base)
+    assert "BertConfig has no field 'no_such_switch'" in unknown.unavailable
+    bad_value = grid.resolve("bad", ["model.norm_type=batchnorm"], base)
+    assert bad_value.config is None or "norm_type" in bad_value.unavailable
+    assert "expected a float" in grid.resolve("typed", ["data.masked_lm_prob=high"], base).unavailable
+    # A BertConfig field the config file's model section lacks is added (switches newer than configs/pretrain.py).
+    assert "norm_type" not in base.model
+    added = grid.resolve("rms", ["model.norm_type=rmsnorm"], base)
+    assert added.unavailable is None and added.config.model.norm_type == "rmsnorm"
+    assert "norm_type" not in base.model  # the base is left alone
+    with pytest.raises(ValueError, match="dotted.key=value"):
+        grid.parse_override("model.norm_position")
+    with pytest.raises(ValueError, match="unknown"):
+        grid.resolve_all(_bench(), ["bert", "nope"])
+
+
+def test_flops_count_the_switches_and_budgets_set_steps():
+    from bert_jax.ablate import grid
+    from bert_jax.config import BertConfig
+    dense = BertConfig(vocab_size=500, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    gated = dense.replace(mlp_type="geglu")
+    # The gated MLP's second input projection: 6 FLOPs per weight per token, per layer.
+    assert grid.flops_per_token(gated, 32, 5) - grid.flops_per_token(dense, 32, 5) == pytest.approx(
+        6 * 2 * (32 * 64 + 64))
+    if hasattr(dense, "local_attention_window"):  # sliding windows count their keys, not the whole sequence
+        local = dense.replace(local_attention_window=8, global_attn_every_n_layers=2)
+        assert grid.flops_per_token(local, 32, 5) == pytest.approx(
+            grid.flops_per_token(dense, 32, 5) - 12 * 1 * 32 * (32 - 9))
+    base = _bench().base
+    per_step = grid.step_flops(base, 4000)
+    config = grid.apply_budget(base, grid.Budget(flops=per_step * 7.5), 4000)
+    assert config.total_steps == config.optim.total_steps == 7 and config.train_seconds == float("inf")
+    assert config.optim.warmup_steps == 3  # capped: the demo's 100 warmup steps exceed the budget
+    assert grid.apply_budget(base, grid.Budget(seconds=30), 4000).train_seconds == 30.0
+    assert base.train_seconds == 0.0 and base.total_steps == 2500  # the base is left alone
+    for bad in (dict(), dict(seconds=1, flops=1), dict(seconds=-1)):
+        with pytest.raises(ValueError, match="budget"):
+            grid.Budget(**bad)
+    with pytest.raises(ValueError, match="less than one step"):
+        grid.apply_budget(base, grid.Budget(flops=per_step / 2), 4000)
+    with base.unlocked():
+        base.objective = "electra"
+    with pytest.raises(ValueError, match="FLOPs are counted for"):
+        grid.step_flops(base, 4000)
+
+
+# ------------------------------------------------------------------------------------ the bench
+TINY = ["model.hidden_size=32", "model.intermediate_size=64", "model.num_attention_heads=2", "data.vocab_size=300",
+        "data.dupe_factor=1", "data.eval_batches=2", "data.global_batch_size=16", "log_every=5", "eval_every=10"]
+
+
+def test_bench_tiny_grid_table_and_plot(tmp_path):
+    """2 variants x 2 seeds on a 2-second budget (tiny model, a few fine-tuning steps), plus a variant
+    whose recipe file does not exist: the table has sane values with spreads, the plot is a PNG, and a
+    rerun skips every finished run."""
+    import subprocess
+    import sys
+    bench_config = tmp_path / "bench.py"
+    bench_config.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {os.path.join(ROOT, 'configs')!r})\n"
+        "import ablate\n"
+        "import ml_collections\n\n"
+        "def get_config(arg=''):\n"
+        "    c = ablate.get_config()\n"
+        "    return ml_collections.ConfigDict(dict(base=c.base, shared=c.shared, order=['bert', 'preln', 'future'],\n"
+        "        variants={'bert': [], 'preln': ['model.norm_position=pre'],\n"
+        "                  'future': ['configs/no_such_recipe.py:runlocal']}))\n")
+    workdir = tmp_path / "bench"
+    cmd = [sys.executable, "-m", "bert_jax.ablate", f"--workdir={workdir}", f"--config={bench_config}",
+           "--budget_seconds=2", "--seeds=2", "--finetune_config=configs/finetune_demo.py:epochs=0.02",
+           *(f"--set={s}" for s in TINY)]
+    # Seeds of a variant compile the same steps: a persistent compilation cache shared by the stages' subprocesses
+    # (the bench itself keeps them independent) halves the test's compile time.
+    env = dict(os.environ, PYTHONPATH=ROOT, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    table = json.load(open(workdir / "ablation.json"))
+    rows = {row["variant"]: row for row in table["variants"]}
+    assert list(rows) == ["bert", "preln", "future"]
+    assert rows["future"]["status"] == "unavailable" and "no_such_recipe.py" in rows["future"]["reason"]
+    for name in ("bert", "preln"):
+        row = rows[name]
+        assert row["status"] == "ok" and row["seeds"] == [0, 1] and row["params"] > 0 and row["flops_per_token"] > 0
+        for key in ("mlm_accuracy", "finetune_accuracy"):
+            assert len(row[key]["values"]) == 2 and all(0.0 <= v <= 1.0 for v in row[key]["values"])
+            assert row[key]["std"] is not None and row[key]["std"] >= 0.0
+        assert row["tokens_per_s"]["mean"] > 0 and row["steps"]["mean"] >= 1
+        for run in row["runs"]:
+            assert run["stopped_by"] == "budget" and run["steps"] < 2500
+            assert run["curve"] and all(0.0 <= point[3] <= 1.0 for point in run["curve"])
+    assert rows["bert"]["params"] < rows["preln"]["params"]  # pre-LN adds the final norm
+    markdown = (workdir / "ablation.md").read_text()
+    assert "| bert |" in markdown and " ± " in markdown and "unavailable" in markdown
+    png = (workdir / "ablation.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("already done") == 8  # 2 variants x 2 seeds x (pretraining, fine-tuning)
+    assert json.load(open(workdir / "ablation.json")) == table

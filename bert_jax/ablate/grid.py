@@ -54,6 +54,9 @@ def load_bench(spec: str) -> ml_collections.ConfigDict:
     for field in ("base", "variants"):
         if field not in bench:
             raise ValueError(f"{spec}: the bench config needs `{field}` (see configs/ablate.py)")
+    order = list(bench.get("order") or [])
+    if order and sorted(order) != sorted(bench.variants):
+        raise ValueError(f"{spec}: `order` {order} must list each variant once ({sorted(bench.variants)})")
     for name, specs in bench.variants.items():
         if isinstance(specs, str) or not all(isinstance(s, str) for s in specs):
             raise ValueError(f"{spec}: variant {name!r} must be a list of spec strings, got {specs!r}")
@@ -263,10 +266,10 @@ def with_common(bench: ml_collections.ConfigDict, common: Sequence[str]) -> ml_c
 
 def resolve_all(bench: ml_collections.ConfigDict, names: Optional[Sequence[str]] = None,
                 common: Sequence[str] = ()) -> List[Variant]:
-    """The selected variants (all, in the bench's order, when `names` is empty) resolved, with the
+    """The selected variants (all, in the bench's `order`, when `names` is empty) resolved, with the
     bench-wide overrides `common` applied last (pass the bench through `with_common` too)."""
     variants: Dict[str, list] = dict(bench.variants)
-    names = list(names) if names else list(variants)
+    names = list(names) if names else list(bench.get("order") or variants)
     unknown = [n for n in names if n not in variants]
     if unknown:
         raise ValueError(f"--variants: unknown {unknown}; the bench has {list(variants)}")
