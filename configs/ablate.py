@@ -5,11 +5,11 @@ configs/demo.py) and the variants trained against it on an equal budget.
 
 `get_config()` returns a ConfigDict with
   * base: the experiment every variant starts from (configs/demo.py's pretraining config);
-  * variants: {name: [spec, ...]}. A spec is an override "model.norm_position=pre" (a dotted key of the
+  * variants: [(name, [spec, ...]), ...] in table order (VARIANTS below; a list rather than a dict because
+    ConfigDict sorts its keys and config keys must be fields the code reads). A spec is an override "model.norm_position=pre" (a dotted key of the
     config and a Python literal or bare string; a key the config lacks is added, so switches newer than
     configs/pretrain.py's model section work) or, first in the list, a config file "configs/cramming.py:
     runlocal" (path from the repository root, with its argument) that replaces the base for this variant;
-  * order: the variants' order in the table (default: sorted names);
   * shared: the keys every variant takes from the base unless its own specs set them (the data that defines
     the MLM task, so that accuracies compare, and the evaluation cadence the curves are drawn from). A
     variant whose masking rate or sequence length differs gets data.max_predictions = round(seq * rate + 0.5)
@@ -23,6 +23,10 @@ import ml_collections
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import demo  # noqa: E402  (configs/ is not a package; configs are plain files)
+
+from bert_jax.config_args import parse  # noqa: E402
+
+ARGS = {}  # no arguments: select variants with --variants, shrink them with --set
 
 VARIANTS = {
     "bert": [],  # the demo as it is: post-LN, LayerNorm, GELU MLP, biases everywhere, 15% masking
@@ -42,9 +46,7 @@ SHARED = ["data.source", "data.vocab", "data.vocab_size", "data.lowercase", "dat
 
 
 def get_config(arg: str = ""):
-    if arg:
-        raise ValueError(f"configs/ablate.py takes no arguments, got {arg!r}")
+    parse(arg, ARGS, __file__)
     base = demo.get_config()
     base.progress_bar = False  # the bench runs variants in subprocesses; their logs go to files
-    # `order`: the table's row order (ConfigDict iterates its keys sorted).
-    return ml_collections.ConfigDict(dict(base=base, variants=VARIANTS, order=list(VARIANTS), shared=SHARED))
+    return ml_collections.ConfigDict(dict(base=base, variants=list(VARIANTS.items()), shared=SHARED))

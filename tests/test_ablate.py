@@ -103,7 +103,7 @@ def _bench():
 def test_default_grid_resolves_bert_as_the_demo_and_switches_as_overrides():
     from bert_jax.ablate import grid
     bench = _bench()
-    assert list(bench.order)[:5] == ["bert", "preln", "preln_geglu_nobias", "rmsnorm", "mask30"]
+    assert [name for name, _ in bench.variants][:5] == ["bert", "preln", "preln_geglu_nobias", "rmsnorm", "mask30"]
     variants = {v.name: v for v in grid.resolve_all(bench)}
     bert = variants["bert"]
     assert bert.unavailable is None and bert.config.to_dict() == bench.base.to_dict()  # the demo, unchanged
@@ -190,9 +190,8 @@ def test_bench_tiny_grid_table_and_plot(tmp_path):
         "import ml_collections\n\n"
         "def get_config(arg=''):\n"
         "    c = ablate.get_config()\n"
-        "    return ml_collections.ConfigDict(dict(base=c.base, shared=c.shared, order=['bert', 'preln', 'future'],\n"
-        "        variants={'bert': [], 'preln': ['model.norm_position=pre'],\n"
-        "                  'future': ['configs/no_such_recipe.py:runlocal']}))\n")
+        "    return ml_collections.ConfigDict(dict(base=c.base, shared=c.shared, variants=[\n"
+        "        ('bert', []), ('preln', ['model.norm_position=pre']), ('future', ['configs/no_such_recipe.py:runlocal'])]))\n")
     workdir = tmp_path / "bench"
     cmd = [sys.executable, "-m", "bert_jax.ablate", f"--workdir={workdir}", f"--config={bench_config}",
            "--budget_seconds=2", "--seeds=2", "--finetune_config=configs/finetune_demo.py:epochs=0.02",

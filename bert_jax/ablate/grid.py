@@ -54,16 +54,27 @@ def load_bench(spec: str) -> ml_collections.ConfigDict:
     for field in ("base", "variants"):
         if field not in bench:
             raise ValueError(f"{spec}: the bench config needs `{field}` (see configs/ablate.py)")
-    order = list(bench.get("order") or [])
-    if order and sorted(order) != sorted(bench.variants):
-        raise ValueError(f"{spec}: `order` {order} must list each variant once ({sorted(bench.variants)})")
-    for name, specs in bench.variants.items():
+    pairs = variant_specs(bench)
+    if len({name for name, _ in pairs}) != len(pairs):
+        raise ValueError(f"{spec}: a variant name appears twice in {[name for name, _ in pairs]}")
+    for name, specs in pairs:
         if isinstance(specs, str) or not all(isinstance(s, str) for s in specs):
             raise ValueError(f"{spec}: variant {name!r} must be a list of spec strings, got {specs!r}")
         if not name or any(c in name for c in "/\\ ,") or name.startswith("."):
             raise ValueError(f"{spec}: variant name {name!r} must be non-empty, without '/', '\\\\', ',' or spaces "
                              "(it names a directory)")
     return bench
+
+
+def variant_specs(bench: ml_collections.ConfigDict) -> List[Tuple[str, list]]:
+    """[(name, specs)] of the bench's `variants`: a list of pairs (table order) or a mapping (sorted)."""
+    variants = bench.variants
+    if isinstance(variants, (dict, ml_collections.ConfigDict)):
+        return [(name, list(specs)) for name, specs in variants.items()]
+    try:
+        return [(str(name), list(specs)) for name, specs in variants]
+    except (TypeError, ValueError):
+        raise ValueError(f"the bench's variants must be [(name, [spec, ...]), ...], got {variants!r}") from None
 
 
 # ---------------------------------------------------------------------------------- overrides
@@ -266,10 +277,10 @@ def with_common(bench: ml_collections.ConfigDict, common: Sequence[str]) -> ml_c
 
 def resolve_all(bench: ml_collections.ConfigDict, names: Optional[Sequence[str]] = None,
                 common: Sequence[str] = ()) -> List[Variant]:
-    """The selected variants (all, in the bench's `order`, when `names` is empty) resolved, with the
+    """The selected variants (all, in the bench's order, when `names` is empty) resolved, with the
     bench-wide overrides `common` applied last (pass the bench through `with_common` too)."""
-    variants: Dict[str, list] = dict(bench.variants)
-    names = list(names) if names else list(bench.get("order") or variants)
+    variants: Dict[str, list] = dict(variant_specs(bench))
+    names = list(names) if names else list(variants)
     unknown = [n for n in names if n not in variants]
     if unknown:
         raise ValueError(f"--variants: unknown {unknown}; the bench has {list(variants)}")

@@ -151,11 +151,14 @@ def plot(table: dict, path: str) -> str:
             by_flops.plot(curve[:, 2], curve[:, 3], "o-", color=colour, label=label, alpha=0.85, markersize=3)
     by_time.set_xlabel("training seconds (compilation and evaluations out)")
     by_flops.set_xlabel("training FLOPs (model)")
-    by_flops.set_xscale("log")
+    by_flops.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
     for ax in (by_time, by_flops):
         ax.set_ylabel("eval MLM accuracy")
         ax.grid(alpha=0.3)
     by_time.legend(fontsize=8)
+    b = table["budget"]
+    fig.suptitle(f"equal budget: {b['seconds']:g} s of training" if b["seconds"] else
+                 f"equal budget: {b['flops']:.3g} training FLOPs", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
