@@ -128,7 +128,7 @@ def test_variant_problems_are_reasons_not_crashes(tmp_path):
     unknown = grid.resolve("rope", ["model.no_such_switch=3"], base)
     assert "BertConfig has no field 'no_such_switch'" in unknown.unavailable
     bad_value = grid.resolve("bad", ["model.norm_type=batchnorm"], base)
-    assert bad_value.config is None or "norm_type" in bad_value.unavailable
+    assert bad_value.config is None and "norm_type" in bad_value.unavailable
     assert "expected a float" in grid.resolve("typed", ["data.masked_lm_prob=high"], base).unavailable
     # A BertConfig field the config file's model section lacks is added (switches newer than configs/pretrain.py).
     assert "norm_type" not in base.model

@@ -145,7 +145,9 @@ def resolve(name: str, specs: Sequence[str], base: ml_collections.ConfigDict, sh
             common: Sequence[str] = ()) -> Variant:
     """The variant's pretraining config: its config file (else a copy of `base`), the `shared` keys
     from `base` unless the variant sets them, its overrides, then the bench-wide `common` overrides.
-    Errors in the variant's own specs make it Unavailable; malformed `common` overrides raise."""
+    A variant whose specs cannot apply (a missing file, an unknown key, a mistyped value, a model
+    BertConfig rejects) comes back with `unavailable` set to why; malformed `common` overrides raise
+    (`resolve_all` checks them first)."""
     specs = tuple(specs)
     try:
         config = copy.deepcopy(base)
@@ -161,21 +163,21 @@ def resolve(name: str, specs: Sequence[str], base: ml_collections.ConfigDict, sh
     except Exception as e:  # a missing recipe file, a config that needs fields not yet here, a typo
         return Variant(name, specs, None, unavailable=f"{type(e).__name__}: {e}")
     explicit = {key for key, _ in parsed} | {key for key, _ in map(parse_override, common)}
-    for key in shared:
-        value = get_dotted(base, key)
-        if key not in explicit and value is not None and get_dotted(config, key) is not None:
-            apply_override(config, key, copy.deepcopy(value))
-    try:
+    try:  # a recipe config may lack a key or type it differently: that variant cannot run, the others can
+        for key in shared:
+            value = get_dotted(base, key)
+            if key not in explicit and value is not None and get_dotted(config, key) is not None:
+                apply_override(config, key, copy.deepcopy(value))
         for key, value in parsed:
+            apply_override(config, key, value)
+        for key, value in map(parse_override, common):
             apply_override(config, key, value)
     except ValueError as e:
         return Variant(name, specs, None, unavailable=str(e))
-    for key, value in map(parse_override, common):
-        apply_override(config, key, value)
     if "data.max_predictions" not in explicit:
         config.data.max_predictions = max_predictions(config.data.seq_len, config.data.masked_lm_prob)
     problem = check_buildable(config)
-    return Variant(name, specs, config, unavailable=problem)
+    return Variant(name, specs, None if problem else config, unavailable=problem)
 
 
 def check_buildable(config: ml_collections.ConfigDict, vocab_size: int = 1000) -> Optional[str]:
