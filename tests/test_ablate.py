@@ -226,3 +226,43 @@ def test_bench_tiny_grid_table_and_plot(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stderr.count("already done") == 8  # 2 variants x 2 seeds x (pretraining, fine-tuning)
     assert json.load(open(workdir / "ablation.json")) == table
+
+
+def test_table_statistics_and_rows_without_runs():
+    from bert_jax.ablate import grid, report
+    one, two = report._stats([0.5]), report._stats([0.2, 0.4])
+    assert one["std"] is None and one["mean"] == 0.5
+    assert two["mean"] == pytest.approx(0.3) and two["std"] == pytest.approx(0.1414, abs=1e-4)  # sample std
+    assert report._pm(one, ".2f") == "0.50" and report._pm(two, ".2f") == "0.30 ± 0.14"
+    variants = [grid.Variant("future", ("configs/x.py",), None, unavailable="config file configs/x.py does not exist"),
+                grid.Variant("broken", (), object())]
+    from bert_jax.ablate.bench import RunResult
+    table = report.summarise(variants, [RunResult("broken", 0, "/nowhere", "failed", "pretraining: boom")],
+                             grid.Budget(seconds=5))
+    assert [row["status"] for row in table["variants"]] == ["unavailable", "failed"]
+    text = report.markdown(table)
+    assert "unavailable: config file configs/x.py does not exist" in text and "seed 0: pretraining: boom" in text
+    assert text.startswith("Ablation bench: 5 s of training each")
+
+
+@pytest.mark.slow
+def test_bench_flops_budget_gives_each_variant_its_steps(tmp_path):
+    """--budget_flops: steps = budget / the variant's step FLOPs, so the gated, bias-free variant (more
+    FLOPs per token) trains fewer steps; both spend the same FLOPs to within one step."""
+    import subprocess
+    import sys
+    workdir = tmp_path / "bench"
+    cmd = [sys.executable, "-m", "bert_jax.ablate", f"--workdir={workdir}", "--variants=bert,preln_geglu_nobias",
+           "--budget_flops=2e10", "--seeds=1", "--finetune_config=configs/finetune_demo.py:epochs=0.02",
+           *(f"--set={s}" for s in TINY)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = {row["variant"]: row for row in json.load(open(workdir / "ablation.json"))["variants"]}
+    dense, gated = rows["bert"], rows["preln_geglu_nobias"]
+    assert gated["flops_per_token"] > dense["flops_per_token"]
+    assert gated["steps"]["mean"] < dense["steps"]["mean"]
+    for row in (dense, gated):
+        step_flops = row["flops_per_token"] * 32 * 16
+        assert 2e10 - step_flops < row["total_flops"]["mean"] <= 2e10
+        assert row["runs"][0]["stopped_by"] == "budget"

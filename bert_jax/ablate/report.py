@@ -41,10 +41,12 @@ def finetune_accuracy(final: dict) -> Optional[float]:
     return None
 
 
-def run_numbers(run: RunResult) -> dict:
+def run_numbers(run: RunResult, flops_budget: bool = False) -> dict:
     """One finished run: params, FLOPs/token, tokens/s (tokens trained over the training clock: what
     the budget paid for), steps, eval MLM accuracy at the budget, fine-tuning dev accuracy,
-    and the eval curve [(step, training seconds, FLOPs, MLM accuracy)]."""
+    the eval curve [(step, training seconds, FLOPs, MLM accuracy)] and what ended it: "budget" (the
+    seconds, or with `flops_budget` the steps the FLOPs bought) or "total_steps" (the config's steps
+    came before the seconds)."""
     pretrain = os.path.join(run.directory, "pretrain")
     info = _read_json(os.path.join(pretrain, INFO))
     final = _read_json(os.path.join(pretrain, "final_metrics.json"))
@@ -59,7 +61,7 @@ def run_numbers(run: RunResult) -> dict:
     return {"seed": run.seed, "params": info["params"], "flops_per_token": info["flops_per_token"],
             "steps": steps, "train_seconds": seconds,
             "tokens_per_s": steps * info["tokens_per_step"] / seconds if seconds and seconds > 0 else float("nan"),
-            "total_flops": steps * info["step_flops"], "stopped_by": "steps" if steps >= info["total_steps"] else "budget",
+            "total_flops": steps * info["step_flops"], "stopped_by": "budget" if flops_budget or steps < info["total_steps"] else "total_steps",
             "mlm_accuracy": float(final["eval"]["mlm_accuracy"]), "finetune_accuracy": finetune_accuracy(ft),
             "curve": [list(point) for _, point in sorted(curve.items())]}
 
@@ -87,7 +89,7 @@ def summarise(variants: Sequence[grid.Variant], results: Sequence[RunResult], bu
             rows.append(dict(row, status="failed", reason="; ".join(f"seed {r.seed}: {r.reason}" for r in failed)
                              or "no runs"))
             continue
-        numbers = [run_numbers(r) for r in runs]
+        numbers = [run_numbers(r, flops_budget=bool(budget.flops)) for r in runs]
         row.update(status="ok", seeds=[n["seed"] for n in numbers], params=numbers[0]["params"],
                    flops_per_token=numbers[0]["flops_per_token"],
                    stopped_by=sorted({n["stopped_by"] for n in numbers}),
