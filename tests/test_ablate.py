@@ -266,3 +266,18 @@ def test_bench_flops_budget_gives_each_variant_its_steps(tmp_path):
         step_flops = row["flops_per_token"] * 32 * 16
         assert 2e10 - step_flops < row["total_flops"]["mean"] <= 2e10
         assert row["runs"][0]["stopped_by"] == "budget"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--budget_seconds=1", "--budget_flops=1"], "set exactly one of --budget_seconds and --budget_flops"),
+    (["--budget_seconds=1", "--variants=nope"], "--variants: unknown ['nope']"),
+    (["--budget_seconds=1", "--set=model.hiden_size=3"], "BertConfig has no field 'hiden_size'"),
+], ids=["two_budgets", "unknown_variant", "typo_in_set"])
+def test_bench_command_line_errors_are_one_line(tmp_path, flags, message):
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-m", "bert_jax.ablate", f"--workdir={tmp_path}", *flags], cwd=ROOT,
+                          env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("bert_jax.ablate: ValueError: ") and message in last, proc.stderr[-2000:]

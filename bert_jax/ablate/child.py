@@ -20,6 +20,12 @@ import ml_collections
 INFO = "ablate_info.json"
 
 
+def one_line(error: BaseException) -> str:
+    """`<ErrorType>: <message>` on one line (bert_jax.main's format; importing main would define its flags)."""
+    message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
 def load_config(path: str) -> ml_collections.ConfigDict:
     with open(path) as f:
         return ml_collections.ConfigDict(json.load(f))
@@ -65,7 +71,6 @@ def main(argv) -> int:
     try:
         STAGES[argv[1]](load_config(argv[2]), argv[3])
     except Exception as e:  # the bench reads the last line as the run's failure reason
-        from bert_jax.main import one_line
         logging.exception("stage %s failed", argv[1])
         sys.stdout.flush()
         print(f"bert_jax: {one_line(e)}", file=sys.stderr, flush=True)

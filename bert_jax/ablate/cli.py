@@ -55,7 +55,7 @@ def main(argv) -> None:
     except app.UsageError:
         raise
     except (ValueError, ImportError, RuntimeError, FileNotFoundError) as e:
-        from bert_jax.main import one_line
+        from bert_jax.ablate.child import one_line
         print(f"bert_jax.ablate: {one_line(e)}", file=sys.stderr, flush=True)
         sys.exit(1)
     # Failed runs are in the table; the exit status says so too (unavailable variants are not failures).
