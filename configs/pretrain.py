@@ -171,6 +171,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.profile_steps = 0
     c.progress_bar = True  # tqdm on the console (process 0, only when stderr is a terminal)
     c.peak_tflops_per_device = 0.0  # MFU denominator; 0 = the chip table in bert_jax.flops (none on CPU)
+    # Wall-clock budget in seconds of training (compilation and evaluations out; carried over resumes): the
+    # first step past it is the last (logged, evaluated, saved). 0 = none; inf = log the clock only.
+    c.train_seconds = 0.0
     return c
 
 

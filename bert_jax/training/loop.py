@@ -48,6 +48,9 @@ class InvalidDataError(ValueError):
 
 
 INVALID = "invalid_"  # step metrics `invalid_<field>`: invalid entries of that batch field (not logged)
+# Key of the loop's own entry in a checkpoint's data state (the task's entries sit beside it); present only
+# in runs with a wall-clock budget (`config.train_seconds`), so other runs' checkpoints are unchanged.
+LOOP_STATE = "_loop"
 
 
 # ------------------------------------------------------------------------------------ the contract
@@ -62,6 +65,9 @@ class LoopTask(abc.ABC):
     eval_at_end: bool = True
     best_metric: Optional[str] = None  # eval metric that ranks checkpoints (an evaluated state is then saved)
     best_mode: str = "max"
+    # Training seconds spent before the checkpoint this run resumed from (set by `init_or_restore` when a
+    # wall-clock budget is on), so that a resumed run continues the budget instead of starting it again.
+    resumed_train_seconds: float = 0.0
 
     @abc.abstractmethod
     def make_train_step(self, tx: optax.GradientTransformation, schedule: Callable, micro_batches: int,
@@ -233,6 +239,8 @@ def init_or_restore(config, task: LoopTask, built: Built, ckpt: checkpoints.Chec
     restored = ckpt.restore(built.abstract) if latest is not None else None
     if restored is not None:
         start, state, data_state = restored
+        data_state = dict(data_state or {})
+        task.resumed_train_seconds = float(data_state.pop(LOOP_STATE, {}).get("train_seconds", 0.0))
         if data_state:
             task.restore_data_state(data_state)
         logger.info("resumed from step %d in %s", start, ckpt.directory)
@@ -259,6 +267,9 @@ class LoopResult:
     eval: Dict[str, float]  # the last evaluation
     preempted: bool  # SIGTERM was received (the state was saved)
     best_step: Optional[int]
+    # The wall-clock budget (`config.train_seconds`) ended training before total_steps (or had already been
+    # spent by the run this one resumed, which then trained nothing).
+    budget_spent: bool = False
 
 
 def train(config, workdir: paths.PathLike, task: LoopTask, built: Built, ckpt: checkpoints.Checkpointer,
@@ -266,7 +277,14 @@ def train(config, workdir: paths.PathLike, task: LoopTask, built: Built, ckpt: c
     """Runs `state` to `task.total_steps`; logs every `config.log_every` steps (and at the end),
     evaluates as the task asks, saves every `config.checkpoint_every` steps (> 0), at every ranked
     evaluation, at the end and on SIGTERM (at a step every process agrees on, see `preemption`).
-    Closes `ckpt`."""
+    Closes `ckpt`.
+
+    With a wall-clock budget `config.train_seconds` > 0, the first step at which the training clock has
+    reached it is the last: it is logged, evaluated (with `eval_at_end`) and saved as the end of the run.
+    The clock counts seconds spent in this loop after the first step of this start (which compiles) minus
+    evaluations, carried over a resume through the checkpoint; it is read on the host after each step is
+    dispatched, so steps still in flight then finish too. `inf` logs the clock (`train_seconds` in the train and eval lines) without a
+    budget. 0 (the default) neither stops nor logs anything new."""
     workdir = paths.workdir_path(workdir)
     is_main = jax.process_index() == 0
     mesh, rules, total = built.mesh, built.rules, task.total_steps
@@ -283,19 +301,31 @@ def train(config, workdir: paths.PathLike, task: LoopTask, built: Built, ckpt: c
     every = config.checkpoint_every
     progress = metrics_lib.ProgressBar(total, initial=start_step, enabled=is_main and config.get("progress_bar", True))
     preemption = Preemption(config.get("preemption_check_every", 10))
+    budget = float(config.get("train_seconds", 0.0) or 0.0)
+    clock = TrainingClock(task.resumed_train_seconds if start_step else 0.0) if budget > 0 else None
+    budget_spent = clock is not None and clock.seconds() >= budget and start_step < total
+    if budget_spent:
+        logger.info("the wall-clock budget of %.1f s was spent before step %d: nothing to train", budget, start_step)
     with sharding.activation_context(mesh, rules), preemption, progress:
-        for step in range(start_step, total):
+        for step in range(start_step, total if not budget_spent else start_step):
             if profile_at and step == start_step + 2:
                 jax.profiler.start_trace(os.fspath(workdir / "profile"))
             batch = sharding.make_global_batch(task.next_batch(), mesh, rules)
             state, step_metrics = built.train_step(state, batch)
             pending.append(step_metrics)
+            if clock is not None and step == start_step:  # compilation is not training: start the clock after it
+                jax.block_until_ready(step_metrics)
+                clock.restart()
             progress.advance()
             if profile_at and step == start_step + 2 + profile_at:
                 jax.profiler.stop_trace()
             done = step + 1
             stop = preemption.should_stop(done)  # the same on every process: they save and stop together
-            is_last = done == total
+            # Every process must agree on the last step: process 0's clock decides for all of them, at the
+            # preemption agreement's cadence (a collective every step would sync the host with the devices).
+            over_budget = (clock is not None and (jax.process_count() == 1 or done % preemption.check_every == 0)
+                           and _agreed(clock.seconds() >= budget))
+            is_last = done == total or over_budget
             is_log = done % config.log_every == 0 or is_last
             is_eval = (is_last and task.eval_at_end) or bool(task.eval_every) and done % task.eval_every == 0
             rank = is_eval and task.best_metric is not None  # every evaluated state is a best candidate: save it
@@ -314,6 +344,8 @@ def train(config, workdir: paths.PathLike, task: LoopTask, built: Built, ckpt: c
                 means = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
                 steps_per_s = _steps_since_last_log(done, config.log_every, start_step) / elapsed
                 train_metrics = task.train_summary(means, done, steps_per_s, skipped)
+                if clock is not None:
+                    train_metrics = dict(train_metrics, train_seconds=clock.seconds())
                 skipped = 0
                 writer.write(done, train_metrics)
                 progress.show(train_metrics)
@@ -321,13 +353,17 @@ def train(config, workdir: paths.PathLike, task: LoopTask, built: Built, ckpt: c
                     logger.info(metrics_lib.format_metrics(done, total, train_metrics))
             if is_eval:
                 eval_start = time.perf_counter()
+                trained_seconds = clock.seconds() if clock is not None else None
                 eval_metrics = task.evaluate(state.params, done)
-                writer.write(done, eval_metrics, prefix="eval")
+                writer.write(done, eval_metrics if clock is None else dict(eval_metrics, train_seconds=trained_seconds),
+                             prefix="eval")
                 if is_main:
                     logger.info("eval at step %d: %s%s", done, {k: round(v, 4) for k, v in eval_metrics.items()},
                                 task.eval_note())
                 paused += time.perf_counter() - eval_start
-            if is_save and ckpt.save(done, state, task.data_state(), metrics=eval_metrics if rank else None,
+                if clock is not None:
+                    clock.pause(time.perf_counter() - eval_start)
+            if is_save and ckpt.save(done, state, _data_state(task, clock), metrics=eval_metrics if rank else None,
                                      force=True):
                 last_good = done
             if preemption.should_stop(done):  # one process: also a SIGTERM that came during this eval/save
@@ -337,14 +373,53 @@ def train(config, workdir: paths.PathLike, task: LoopTask, built: Built, ckpt: c
                     clean = all(not any(v for k, v in m.items() if k.startswith(INVALID)) for m in unchecked)
                     if ((config.on_nonfinite == "skip" or all(m["finite"] for m in unchecked))
                             and (config.get("on_invalid_data", "stop") == "skip" or clean)):
-                        ckpt.save(done, state, task.data_state(), force=True)
+                        ckpt.save(done, state, _data_state(task, clock), force=True)
                         last_good = done
                 break
+            if over_budget:
+                budget_spent = True
+                logger.info("wall-clock budget of %.1f s reached at step %d of %d", budget, done, total)
+                break
     ckpt.wait()
-    result = LoopResult(state, start_step, train_metrics, eval_metrics, preemption.requested, ckpt.best_step())
+    result = LoopResult(state, start_step, train_metrics, eval_metrics, preemption.requested, ckpt.best_step(),
+                        budget_spent)
     ckpt.close()
     writer.close()
     return result
+
+
+class TrainingClock:
+    """Seconds of training: wall-clock since construction (or `restart`), plus the seconds before a
+    resume, minus the pauses (evaluations) reported with `pause`."""
+
+    def __init__(self, before: float = 0.0):
+        self.start, self.before, self.paused = time.perf_counter(), before, 0.0
+
+    def restart(self) -> None:
+        self.start, self.paused = time.perf_counter(), 0.0
+
+    def pause(self, seconds: float) -> None:
+        self.paused += seconds
+
+    def seconds(self) -> float:
+        return self.before + time.perf_counter() - self.start - self.paused
+
+
+def _agreed(flag: bool) -> bool:
+    """Process 0's `flag` on every process (a collective on multi-process runs: all must call it)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag, np.int32)))
+
+
+def _data_state(task: LoopTask, clock: Optional[TrainingClock]) -> dict:
+    """What a checkpoint saves besides the state: the task's data position and, with a wall-clock
+    budget, the training seconds so far (for the resumed run's clock)."""
+    data_state = task.data_state()
+    if clock is None:
+        return data_state
+    return dict(data_state, **{LOOP_STATE: {"train_seconds": clock.seconds()}})
 
 
 def nonfinite_steps(fetched: list, synced: int, on_nonfinite: str, ckpt, last_good: Optional[int]) -> list:
@@ -412,6 +487,10 @@ def _steps_since_last_log(done: int, log_every: int, start_step: int) -> int:
 def check_config(config: ml_collections.ConfigDict) -> None:
     if config.log_every <= 0:
         raise ValueError(f"config.log_every must be > 0, got {config.log_every}")
+    budget = config.get("train_seconds", 0.0)
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget >= 0:
+        raise ValueError(f"config.train_seconds must be a number of seconds >= 0 (0: no wall-clock budget; inf: "
+                         f"log the training clock without one), got {budget!r}")
     for name in ("on_nonfinite", "on_invalid_data"):
         if config.get(name, "stop") not in ("stop", "skip"):
             raise ValueError(f"config.{name} must be 'stop' or 'skip', got {config.get(name)!r}")

@@ -268,8 +268,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: paths.PathLik
 
     result = loop.train(config, workdir, task, run.built, ckpt, state)
     final_path = workdir / "final_metrics.json"
-    if start_step >= config.total_steps and final_path.is_file():
-        # Rerun of a finished run: nothing trained, so the finished run's metrics stay as they are.
+    finished = start_step >= config.total_steps or (result.budget_spent and int(result.state.step) == start_step)
+    if finished and final_path.is_file():
+        # Rerun of a finished run (all steps, or its wall-clock budget, spent): nothing trained, so the
+        # finished run's metrics stay as they are.
         final = paths.read_json(final_path)
     else:
         final = {"step": int(result.state.step), "train": result.train, "eval": result.eval,

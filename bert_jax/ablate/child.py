@@ -1,0 +1,82 @@
+"""One stage of one bench run, in its own interpreter (memory and compile caches independent of the
+other variants):
+
+    python -m bert_jax.ablate.child vocab|pretrain|finetune CONFIG_JSON WORKDIR
+
+CONFIG_JSON is the fully resolved experiment config (what the bench wrote; the run's own config.json
+says the same). `vocab` trains the bench's shared WordPiece vocab into WORKDIR/tokenizer (the pretraining
+run's own rule, on its corpus); `pretrain` also writes WORKDIR/ablate_info.json (parameter count, model
+FLOPs per token and per step). Errors end with one line `bert_jax: <ErrorType>: <message>` and status 1.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import ml_collections
+
+INFO = "ablate_info.json"
+
+
+def one_line(error: BaseException) -> str:
+    """`<ErrorType>: <message>` on one line (bert_jax.main's format; importing main would define its flags)."""
+    message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+def load_config(path: str) -> ml_collections.ConfigDict:
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def vocab(config: ml_collections.ConfigDict, workdir: str) -> None:
+    from bert_jax.training import data as training_data
+    documents = training_data._documents(config.data.source)  # the pretraining run's corpus and vocab rule
+    training_data._own_tokenizer(config, workdir, documents)
+
+
+def pretrain(config: ml_collections.ConfigDict, workdir: str) -> None:
+    import jax
+    import numpy as np
+
+    from bert_jax.ablate import grid
+    from bert_jax.training import paths, trainer
+    result = trainer.train_and_evaluate(config, workdir)
+    model_config = result["model"].config
+    d = config.data
+    per_token = grid.flops_per_token(model_config, d.seq_len, d.max_predictions)
+    params = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(result["state"].params))
+    paths.write_json(paths.workdir_path(workdir) / INFO, {
+        "params": params, "flops_per_token": per_token, "step_flops": per_token * d.seq_len * d.global_batch_size,
+        "tokens_per_step": d.seq_len * d.global_batch_size, "total_steps": int(config.total_steps)})
+
+
+def finetune(config: ml_collections.ConfigDict, workdir: str) -> None:
+    from bert_jax.training import finetune as finetune_lib
+    finetune_lib.train_and_evaluate(config, workdir)
+
+
+STAGES = {"vocab": vocab, "pretrain": pretrain, "finetune": finetune}
+
+
+def main(argv) -> int:
+    if len(argv) != 4 or argv[1] not in STAGES:
+        print(f"usage: python -m bert_jax.ablate.child {{{'|'.join(STAGES)}}} CONFIG_JSON WORKDIR", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("absl", "jax._src", "orbax", "jax"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        STAGES[argv[1]](load_config(argv[2]), argv[3])
+    except Exception as e:  # the bench reads the last line as the run's failure reason
+        logging.exception("stage %s failed", argv[1])
+        sys.stdout.flush()
+        print(f"bert_jax: {one_line(e)}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
