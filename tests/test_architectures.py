@@ -254,6 +254,13 @@ def test_switches_round_trip_through_bert_jax_config_json():
     ({"attention_bias": "no"}, "attention_bias"), ({"position_offset": 64}, "position_offset"),
     ({"skip_padding_positions": True}, "skip_padding_positions"), ({"embedding_size": 0}, "embedding_size"),
     ({"mlm_head_act": "gelu2"}, "mlm_head_act"),
+    ({"position_embedding_type": "rope"}, "position_embedding_type"), ({"rope_theta": 0.0}, "rope_theta"),
+    ({"local_rope_theta": -1.0}, "local_rope_theta"), ({"local_attention_window": -2}, "local_attention_window"),
+    ({"local_attention_window": 2.5}, "local_attention_window"),
+    ({"global_attn_every_n_layers": 0}, "global_attn_every_n_layers"),
+    ({"first_layer_attention_norm": False}, "first_layer_attention_norm"),
+    ({"first_layer_attention_norm": "no"}, "first_layer_attention_norm"), ({"mlm_head_bias": 0}, "mlm_head_bias"),
+    ({"position_embedding_type": "rotary", "num_attention_heads": 32}, "position_embedding_type"),
 ])
 def test_bad_switch_values_name_the_field(change, field):
     with pytest.raises(ValueError, match=rf"BertConfig\.{field}"):
