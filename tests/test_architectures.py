@@ -254,6 +254,13 @@ def test_switches_round_trip_through_bert_jax_config_json():
     ({"attention_bias": "no"}, "attention_bias"), ({"position_offset": 64}, "position_offset"),
     ({"skip_padding_positions": True}, "skip_padding_positions"), ({"embedding_size": 0}, "embedding_size"),
     ({"mlm_head_act": "gelu2"}, "mlm_head_act"),
+    ({"position_embedding_type": "rope"}, "position_embedding_type"), ({"rope_theta": 0.0}, "rope_theta"),
+    ({"local_rope_theta": -1.0}, "local_rope_theta"), ({"local_attention_window": -2}, "local_attention_window"),
+    ({"local_attention_window": 2.5}, "local_attention_window"),
+    ({"global_attn_every_n_layers": 0}, "global_attn_every_n_layers"),
+    ({"first_layer_attention_norm": False}, "first_layer_attention_norm"),
+    ({"first_layer_attention_norm": "no"}, "first_layer_attention_norm"), ({"mlm_head_bias": 0}, "mlm_head_bias"),
+    ({"position_embedding_type": "rotary", "num_attention_heads": 32}, "position_embedding_type"),
 ])
 def test_bad_switch_values_name_the_field(change, field):
     with pytest.raises(ValueError, match=rf"BertConfig\.{field}"):
@@ -428,8 +435,13 @@ def test_switched_models_train_on_a_mesh_like_on_one_device(tmp_path):
     assert len(results) >= 6
     for name, r in results.items():
         assert np.isfinite(r["losses"]).all() and r["losses"][1] < r["losses"][0], (name, r)  # it trains
-        for one, mesh in zip(r["losses"], r["mesh_losses"]):
-            assert abs(one - mesh) <= 1e-6, (name, r)
+        # Step 1 starts from the same params: the same loss within 1e-6. Step 2 follows each run's own
+        # Adam update; at those params the logits differ by ~1e-7 on the mesh (as at step 1) and the mean
+        # cross-entropy by up to a few float32 ulps (~4.8e-7 each at 4.5): measured 3 ulps (1.4e-6) for
+        # "alibi", <= 1 ulp for the others, hence 2e-6 after the first step.
+        assert abs(r["losses"][0] - r["mesh_losses"][0]) <= 1e-6, (name, r)
+        for one, mesh in zip(r["losses"][1:], r["mesh_losses"][1:]):
+            assert abs(one - mesh) <= 2e-6, (name, r)
         # Adam divides by sqrt(nu): a last-bit gradient difference on a near-zero gradient moves a
         # param by a sizeable fraction of lr (1e-3), hence 1e-5 here, as in tests/test_sharding.py.
         assert r["param_diff"] <= 1e-5, (name, r)
