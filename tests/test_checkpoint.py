@@ -457,7 +457,7 @@ def test_invalid_config_json(pretraining, tmp_path):
     ({"hidden_size": 30}, "num_attention_heads"),
     ({"num_hidden_layers": 0}, "num_hidden_layers"),
     ({"hidden_dropout_prob": 1.5}, "hidden_dropout_prob"),
-    ({"position_embedding_type": "rotary"}, "position_embedding_type"),
+    ({"position_embedding_type": "rope"}, "position_embedding_type"),
     ({"num_labels": 4, "id2label": {"0": "a", "1": "b"}}, "num_labels"),
 ])
 def test_invalid_config_value(change, field, pretraining, tmp_path):

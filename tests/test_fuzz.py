@@ -244,7 +244,7 @@ BAD_VALUES = {
     "classifier_dropout": [1.0, -0.5, "0.1", False],
     **{f: [0, -1.0, "1e-12", None, True, [1e-12]] for f in ("initializer_range", "layer_norm_eps")},
     "hidden_act": ["gelu2", 3, None, ["gelu"], ""],
-    "position_embedding_type": ["rotary", None, 1, ""],
+    "position_embedding_type": ["rope", None, 1, ""],
     "problem_type": ["ranking", 1, "", "regression "],
     **{f: ["int8", 3, None, "fp8", ["float32"]] for f in ("dtype", "param_dtype")},
     "attention_impl": ["magic", None, 1],

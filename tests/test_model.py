@@ -94,7 +94,7 @@ def test_shape_errors_raise_under_jit_values_do_not(mlm, batch):
 @pytest.mark.parametrize("field, value, message", [
     ("hidden_size", 30, "not a multiple of num_attention_heads"),
     ("hidden_act", "gelu2", "hidden_act"),
-    ("position_embedding_type", "rotary", "position_embedding_type"),
+    ("position_embedding_type", "rope", "position_embedding_type"),
     ("hidden_dropout_prob", 1.5, "hidden_dropout_prob"),
     ("vocab_size", 0, "vocab_size"),
     ("num_hidden_layers", 2.5, "num_hidden_layers"),
