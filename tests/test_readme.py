@@ -31,6 +31,8 @@ READMES = ("README.md", "launch/README.md")
 STEPS = ("--config.optim.total_steps=4 --config.optim.warmup_steps=1 --config.optim.warmup_fraction=-1 "
          "--config.eval_every=4 --config.checkpoint_every=4 --config.log_every=2 "
          "--config.data.eval_batches=1 --config.progress_bar=False")
+RECIPE_STEPS = ("--config.optim.total_steps=4 --config.eval_every=4 --config.checkpoint_every=4 --config.log_every=2 "
+                "--config.data.eval_batches=1 --config.progress_bar=False")
 FINETUNE_STEPS = "--config.total_steps=3 --config.log_every=1 --config.progress_bar=False"
 RUNLOCAL = "runlocal"  # appended to the config string: the tiny model (real sizes take hours on a CPU)
 
@@ -84,6 +86,13 @@ SPECS = [
     ("bert_jax.benchmark", dict(append="--config=tiny --batch=2 --seq=32 --steps=1 --warmup=1 --matmul_size=128 "
                                 "--notorch", why="tiny model, one timed step (timings are not checked)")),
     ("bert_jax.export", dict(why="exports the short pretraining demo run made here")),
+    ("configs/cramming.py:runlocal", dict(append=RECIPE_STEPS, why="4 steps (its one-cycle schedule has no warmup)")),
+    ("bert_jax.ablate", dict(append="--budget_seconds=2 --finetune_config=configs/finetune_demo.py:epochs=0.02 "
+                             + " ".join(f"--set={s}" for s in ("model.hidden_size=32", "model.intermediate_size=64",
+                                                                "model.num_attention_heads=2", "data.vocab_size=300",
+                                                                "data.dupe_factor=1", "data.eval_batches=2",
+                                                                "data.global_batch_size=16", "eval_every=10")),
+                             why="a 2-second budget per variant, a hidden-32 model, a few fine-tuning steps")),
 ]
 
 
