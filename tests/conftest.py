@@ -44,3 +44,18 @@ def legacy_reference(tmp_path_factory):
         with np.load(os.path.join(path, "outputs.npz")) as data:
             result[case["name"]] = (path, {k: data[k] for k in data.files})
     return result
+
+
+def write_text_corpus(directory, words, vocab_size: int, words_per_sentence=(5, 12), documents: int = 40):
+    """A small `text:` corpus in `directory` (sentences of random `words`, 3-6 per document, a blank line
+    between documents; seed 0) and a WordPiece vocab trained on it: (corpus path, vocab directory)."""
+    from bert_jax.tokenization import train_wordpiece
+
+    rs = np.random.RandomState(0)
+    path = directory / "corpus.txt"
+    docs = ["\n".join(" ".join(rs.choice(words, rs.randint(*words_per_sentence))) + "." for _ in range(rs.randint(3, 7)))
+            for _ in range(documents)]
+    path.write_text("\n\n".join(docs) + "\n")
+    vocab_dir = directory / "vocab"
+    train_wordpiece([str(path)], vocab_size=vocab_size).save(str(vocab_dir))
+    return str(path), str(vocab_dir)

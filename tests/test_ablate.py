@@ -4,8 +4,9 @@
 import json
 import os
 
-import numpy as np
 import pytest
+
+from tests.conftest import write_text_corpus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORDS = ("the function returns a list of values from the file and raises an error if the path does not "
@@ -15,15 +16,7 @@ WORDS = ("the function returns a list of values from the file and raises an erro
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """A small text corpus and a vocab trained on it once (text:<path>, data.vocab)."""
-    rs = np.random.RandomState(0)
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    docs = ["\n".join(" ".join(rs.choice(WORDS, rs.randint(5, 12))) + "." for _ in range(rs.randint(3, 7)))
-            for _ in range(40)]
-    path.write_text("\n\n".join(docs) + "\n")
-    from bert_jax.tokenization import train_wordpiece
-    vocab_dir = path.parent / "vocab"
-    train_wordpiece([str(path)], vocab_size=300).save(str(vocab_dir))
-    return str(path), str(vocab_dir)
+    return write_text_corpus(tmp_path_factory.mktemp("corpus"), WORDS, vocab_size=300, words_per_sentence=(5, 12))
 
 
 def _tiny_pretrain_config(corpus, total_steps, train_seconds):

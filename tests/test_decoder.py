@@ -54,10 +54,10 @@ def _incremental_logits(model, params, ids, mask, chunks, enc=None, enc_mask=Non
     return np.concatenate(logits, axis=1)
 
 
-@pytest.mark.parametrize("position_embedding_type", ["absolute", "relative_key_query"])
-def test_cache_matches_full_forward(position_embedding_type):
-    config = bert_jax.BertConfig(**dict(cases.TINY, is_decoder=True, add_cross_attention=True,
-                                        position_embedding_type=position_embedding_type))
+def cache_vs_full_forward(**switches) -> float:
+    """Max |logits| difference between the full forward of a tiny causal decoder (with `switches`) and the
+    same ids fed through its KV cache: a prefill of 4, then one token at a time, in a longer cache."""
+    config = bert_jax.BertConfig(**dict(cases.TINY, is_decoder=True, add_cross_attention=True, **switches))
     model = bert_jax.BertForCausalLM(config)
     params = bert_jax.init_params(model)
     inputs = cases.base_inputs()
@@ -65,10 +65,13 @@ def test_cache_matches_full_forward(position_embedding_type):
     enc, enc_mask = _encoder_states()
     full = np.asarray(model.apply({"params": params}, ids, mask, encoder_hidden_states=enc,
                                   encoder_attention_mask=enc_mask).logits)
-    # prefill 4, then one token at a time, in a cache longer than needed
     inc = _incremental_logits(model, params, ids, mask, [4, 1, 1, 1, 1, 1], enc, enc_mask, max_length=12)
-    valid = mask.astype(bool)
-    diff = np.abs(inc - full)[valid].max()
+    return float(np.abs(inc - full)[mask.astype(bool)].max())
+
+
+@pytest.mark.parametrize("position_embedding_type", ["absolute", "relative_key_query"])
+def test_cache_matches_full_forward(position_embedding_type):
+    diff = cache_vs_full_forward(position_embedding_type=position_embedding_type)
     assert diff < ATOL, diff
 
 

@@ -307,16 +307,5 @@ def test_analytic_param_count_of_rotary_and_modernbert_like_models():
 def test_kv_cache_decoding_matches_the_full_forward(switches):
     """A decoder with RoPE (keys rotated before they are cached), ALiBi or a window (key positions of
     the whole cache) gives the full forward's logits when fed through the KV cache in pieces."""
-    import bert_jax
-    from tests import cases
-    from tests.test_decoder import _encoder_states, _incremental_logits
-    config = bert_jax.BertConfig(**dict(cases.TINY, is_decoder=True, add_cross_attention=True, **switches))
-    model = bert_jax.BertForCausalLM(config)
-    params = bert_jax.init_params(model)
-    inputs = cases.base_inputs()
-    ids, mask = inputs["input_ids"], inputs["attention_mask"]
-    enc, enc_mask = _encoder_states()
-    full = np.asarray(model.apply({"params": params}, ids, mask, encoder_hidden_states=enc,
-                                  encoder_attention_mask=enc_mask).logits)
-    inc = _incremental_logits(model, params, ids, mask, [4, 1, 1, 1, 1, 1], enc, enc_mask, max_length=12)
-    assert np.abs(inc - full)[mask.astype(bool)].max() < 1e-5
+    from tests.test_decoder import cache_vs_full_forward
+    assert cache_vs_full_forward(**switches) < 1e-5

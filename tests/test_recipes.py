@@ -249,15 +249,8 @@ CORPUS_WORDS = ("the model reads a sentence and predicts the masked words from t
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    rs = np.random.RandomState(0)
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    docs = ["\n".join(" ".join(rs.choice(CORPUS_WORDS, rs.randint(6, 14))) + "." for _ in range(rs.randint(3, 7)))
-            for _ in range(40)]
-    path.write_text("\n\n".join(docs) + "\n")
-    from bert_jax.tokenization import train_wordpiece
-    vocab_dir = path.parent / "vocab"
-    train_wordpiece([str(path)], vocab_size=200).save(str(vocab_dir))
-    return str(path), str(vocab_dir)
+    from tests.conftest import write_text_corpus
+    return write_text_corpus(tmp_path_factory.mktemp("corpus"), CORPUS_WORDS, vocab_size=200, words_per_sentence=(6, 14))
 
 
 RUNLOCAL = {
