@@ -7,7 +7,6 @@ sides (FlaxBert computes logits at every position; the loss here takes the maske
 (`.legacy_hf` is where `bash setup.sh test` puts transformers 4.57.) Timings only; nothing is asserted.
 """
 
-import argparse
 import statistics
 import time
 
@@ -15,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import app, flags
 
 from bert_jax.benchmark import inputs
 from bert_jax.benchmark.jax_side import prepare_jax
@@ -61,14 +61,17 @@ def flax_bert_steps(config, data, seed: int = 0):
     return train_step, infer_step
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--config", default="base")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--seq", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--warmup", type=int, default=2)
-    args = parser.parse_args()
+flags.DEFINE_enum("config", "base", list(inputs.MODEL_CONFIGS), "Model size.")
+flags.DEFINE_integer("batch", 8, "Sequences per step.")
+flags.DEFINE_integer("seq", 128, "Tokens per sequence.")
+flags.DEFINE_integer("steps", 6, "Timed steps per side (the median is reported).")
+flags.DEFINE_integer("warmup", 2, "Untimed steps per side after compilation.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    args = FLAGS
     config = inputs.make_config(args.config)
     data = inputs.synthetic_batch(args.batch, args.seq, 0.15, config.vocab_size)
     flax_train, flax_infer = flax_bert_steps(config, data)
@@ -91,4 +94,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)
