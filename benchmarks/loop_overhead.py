@@ -19,7 +19,6 @@ input pipeline (fed vs bare) and the rest of the loop (loop vs fed: metric fetch
 
 import datetime
 import json
-import logging
 import os
 import shlex
 import shutil
@@ -103,10 +102,8 @@ def main(argv):
     import jax
     from bert_jax import sharding
     from bert_jax.benchmark import cpu_model
-    from bert_jax.training import trainer
-    logging.getLogger().setLevel(logging.INFO)
-    for noisy in ("absl", "jax", "orbax"):  # as bert_jax.main does
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from bert_jax.training import metrics, trainer
+    metrics.log_at_info_without_library_noise()
     config = FLAGS.config
     if not FLAGS.keep_eval:
         config.eval_every = 0

@@ -228,7 +228,7 @@ def compile_train_step(config, devices: Sequence, vocab_size: Optional[int] = No
     builder) for `devices`; returns (compiled, info dict)."""
     import jax
 
-    from bert_jax import flops, sharding
+    from bert_jax import sharding
     from bert_jax.training import loop, trainer
     from bert_jax.training.optim import make_optimizer
 
@@ -238,15 +238,15 @@ def compile_train_step(config, devices: Sequence, vocab_size: Optional[int] = No
     model_config = trainer.build_model_config(config, vocab_size, 0)
     model = trainer.build_model(config, model_config)
     tx, schedule = make_optimizer(config.optim)
-    built = loop.build(config, model, tx, schedule, functools.partial(trainer.make_train_step, model), mesh, rules,
-                       functools.partial(trainer.pretraining_invalid_counts, model_config))
+    model_flops, rtd_weight = trainer.step_flops_and_rtd_weight(config, model_config, model)
+    built = loop.build(config, model, tx, schedule, functools.partial(trainer.make_train_step, model, rtd_weight=rtd_weight),
+                       mesh, rules, functools.partial(trainer.pretraining_invalid_counts, model_config))
     state, params = built.abstract, built.abstract.params
     batch = abstract_batch(config, built.batch_sharding)
     with sharding.activation_context(mesh, rules):  # as the loop traces it
         compiled = built.train_step.lower(state, batch).compile()
 
     seq_len, batch_size = config.data.seq_len, config.data.global_batch_size
-    model_flops = flops.pretraining_step_flops(model_config, seq_len, config.data.max_predictions, batch_size)
     info = {
         "mesh": dict(mesh.shape), "num_devices": len(devices), "platform": devices[0].platform,
         "device_kind": getattr(devices[0], "device_kind", ""), "vocab_size": vocab_size,

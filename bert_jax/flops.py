@@ -3,6 +3,7 @@ MFU and AOT compilation reports share.
 
 Model FLOPs per token (training, bidirectional attention):
     6 * N_non_embedding + 12 * L * hidden * seq + 6 * hidden * vocab * f
+(in sliding-window layers the attention term counts the window instead of seq)
 with f the fraction of positions projected onto the vocabulary (masked positions / seq with the
 sparse MLM head, 1 dense); inference counts one third of it. N_non_embedding excludes the
 word/position/token-type tables and the embedding LayerNorm; the tied decoder is the third term.
@@ -40,11 +41,21 @@ def non_embedding_params(config: BertConfig) -> int:
     return config.num_hidden_layers * per_layer + head + extra
 
 
+def attended_keys(config: BertConfig, layer: int, seq: int) -> int:
+    """Keys one query attends to in `layer` (0-based): the whole sequence in a global layer, the window
+    (|q - k| <= local_attention_window // 2, edges counted as interior) in a sliding-window layer."""
+    if config.local_attention_window > 0 and layer % config.global_attn_every_n_layers:
+        return min(seq, 2 * (config.local_attention_window // 2) + 1)
+    return seq
+
+
 def flops_per_token(config: BertConfig, seq: int, mlm_positions_fraction: float, training: bool = True) -> float:
-    """6 N_non_emb + 12 L H seq + 6 E V f per token for a training step (E: the tied decoder's width,
-    hidden_size unless embedding_size says otherwise); a third of it forward-only."""
+    """6 N_non_emb + 12 H sum_layers(keys) + 6 E V f per token for a training step (keys = seq in a global
+    layer, the window in a sliding-window layer; E: the tied decoder's width, hidden_size unless
+    embedding_size says otherwise); a third of it forward-only."""
     h = config.hidden_size
-    flops = (6.0 * non_embedding_params(config) + 12.0 * config.num_hidden_layers * h * seq
+    keys = sum(attended_keys(config, layer, seq) for layer in range(config.num_hidden_layers))
+    flops = (6.0 * non_embedding_params(config) + 12.0 * h * keys
              + 6.0 * (config.embedding_size or h) * config.vocab_size * mlm_positions_fraction)
     return flops if training else flops / 3.0
 

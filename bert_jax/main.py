@@ -63,9 +63,8 @@ def run(argv):
     """Runs `config.mode` for FLAGS.config in FLAGS.workdir (errors propagate; see `main`)."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.getLogger().setLevel(logging.INFO)
-    for noisy in ("absl", "jax._src", "orbax", "jax"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from bert_jax.training import metrics
+    metrics.log_at_info_without_library_noise()
     config = FLAGS.config
     available = modes(config)
     if config.mode not in available:

@@ -83,7 +83,7 @@ def get_config(arg: str = ""):
     args = parse(arg, ARGS, __file__)
     c = pretrain.base_config()
     c.objective = "mlm"
-    pretrain.set_model_switches(c, "configs/cramming.py", **MODEL)
+    c.model.update(MODEL)
     c.data.update(seq_len=SEQ_LEN, masked_lm_prob=MASKING_RATE, max_predictions=max_predictions(SEQ_LEN, MASKING_RATE),
                   global_batch_size=MICRO_BATCH, vocab_size=32768)
     c.optim.update(OPTIM)

@@ -76,7 +76,7 @@ def get_config(arg: str = ""):
     c = pretrain.base_config()
     c.objective = "mlm"
     c.model.update(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads, intermediate_size=width)
-    pretrain.set_model_switches(c, "configs/modernbert.py", **MODEL)
+    c.model.update(MODEL)
     c.data.update(seq_len=SEQ_LEN, masked_lm_prob=MASKING_RATE, max_predictions=round(SEQ_LEN * MASKING_RATE + 0.5),
                   global_batch_size=ramp_from, vocab_size=50368)
     batch_tokens = ramp_from * SEQ_LEN

@@ -64,7 +64,7 @@ def get_config(arg: str = ""):
     c.objective = "mlm"
     c.model.update(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,
                    intermediate_size=4 * hidden)
-    pretrain.set_model_switches(c, "configs/mosaicbert.py", **MODEL)
+    c.model.update(MODEL)
     c.data.update(seq_len=SEQ_LEN, masked_lm_prob=MASKING_RATE, max_predictions=round(SEQ_LEN * MASKING_RATE + 0.5),
                   global_batch_size=BATCH, vocab_size=30528)
     c.optim.update(OPTIM)

@@ -18,12 +18,10 @@ this file: configs/cramming.py, configs/mosaicbert.py, configs/modernbert.py.
 """
 
 import dataclasses
-import logging
 import typing
 
 import ml_collections
 
-from bert_jax import config as bert_config
 from bert_jax.config import BertConfig
 from bert_jax.config_args import Arg, parse
 
@@ -95,28 +93,6 @@ def model_config(size: str) -> ml_collections.ConfigDict:
         scan_layers=False, type_vocab_size=2,
         vocab_size=0))  # 0: the tokenizer's (data.vocab or the vocab trained on the corpus)
     return c
-
-
-def set_model_switches(c: ml_collections.ConfigDict, where: str, **switches) -> list:
-    """Sets `c.model.<name> = value` for each switch this checkout's BertConfig has (and, for the
-    fields with a fixed set of values, accepts); returns the names of the others, which are left at
-    BERT's values with a warning. Recipe configs name switches that other parts of the codebase
-    add (e.g. rotary positions), so a config file loads on every checkout and trains the closest
-    model it can; `tests/test_recipes.py` checks the full recipe where the fields exist."""
-    choices = {"position_embedding_type": bert_config.POSITION_EMBEDDING_TYPES,
-               "model_type": bert_config.MODEL_TYPES, "norm_position": bert_config.NORM_POSITIONS,
-               "norm_type": bert_config.NORM_TYPES, "mlp_type": bert_config.MLP_TYPES}
-    missing = []
-    for name, value in switches.items():
-        if name not in c.model or (name in choices and value not in choices[name]):
-            missing.append(name)
-            continue
-        c.model[name] = value
-    if missing:
-        logging.getLogger(__name__).warning(
-            "%s: this BertConfig lacks %s; those switches stay at BERT's values", where,
-            ", ".join(f"{name}={switches[name]!r}" for name in missing))
-    return missing
 
 
 def base_config() -> ml_collections.ConfigDict:

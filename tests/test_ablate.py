@@ -145,10 +145,10 @@ def test_flops_count_the_switches_and_budgets_set_steps():
     # The gated MLP's second input projection: 6 FLOPs per weight per token, per layer.
     assert grid.flops_per_token(gated, 32, 5) - grid.flops_per_token(dense, 32, 5) == pytest.approx(
         6 * 2 * (32 * 64 + 64))
-    if hasattr(dense, "local_attention_window"):  # sliding windows count their keys, not the whole sequence
-        local = dense.replace(local_attention_window=8, global_attn_every_n_layers=2)
-        assert grid.flops_per_token(local, 32, 5) == pytest.approx(
-            grid.flops_per_token(dense, 32, 5) - 12 * 1 * 32 * (32 - 9))
+    # Sliding windows count their keys, not the whole sequence (layer 1 of 2 is local: 9 keys of 32).
+    local = dense.replace(local_attention_window=8, global_attn_every_n_layers=2)
+    assert grid.flops_per_token(local, 32, 5) == pytest.approx(
+        grid.flops_per_token(dense, 32, 5) - 12 * 1 * 32 * (32 - 9))
     base = _bench().base
     per_step = grid.step_flops(base, 4000)
     config = grid.apply_budget(base, grid.Budget(flops=per_step * 7.5), 4000)

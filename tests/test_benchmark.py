@@ -50,6 +50,20 @@ def test_flops_per_token_matches_design_note(name, expected_gflop):
     assert forward == pytest.approx(got * 1e9 / 3)
 
 
+def test_flops_per_token_counts_sliding_windows_for_mfu():
+    """The one count MFU, the benchmark and AOT reports use: ModernBERT's alternation (global every 3rd
+    layer from layer 0, window 128 -> 129 keys) at seq 512 has 6 local layers of 9."""
+    from bert_jax import flops
+    cfg = benchmark.make_config("tiny").replace(num_hidden_layers=9, max_position_embeddings=512)
+    local = cfg.replace(local_attention_window=128, global_attn_every_n_layers=3)
+    assert [flops.attended_keys(local, layer, 512) for layer in range(4)] == [512, 129, 129, 512]
+    for training in (True, False):
+        full = flops.flops_per_token(cfg, 512, 0.15, training)
+        windowed = flops.flops_per_token(local, 512, 0.15, training)
+        assert full - windowed == pytest.approx(12 * cfg.hidden_size * 6 * (512 - 129) / (1 if training else 3))
+    assert flops.flops_per_token(local, 64, 0.15) == flops.flops_per_token(cfg, 64, 0.15)  # window > seq
+
+
 def test_synthetic_batch_is_deterministic_and_consistent():
     a = benchmark.synthetic_batch(3, 64, 0.15, seed=0)
     b = benchmark.synthetic_batch(3, 64, 0.15, seed=0)

@@ -510,3 +510,22 @@ def test_electra_gradient_accumulation_equals_the_whole_batch():
         assert abs(float(m1[name]) - float(m2[name])) <= 1e-6 * max(1.0, abs(float(m1[name]))), name
     assert float(m1["replaced_fraction"]) > 0
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), one.params, two.params)
+
+
+def test_aot_compiles_the_electra_step_with_the_configs_rtd_weight(tmp_path, monkeypatch):
+    """`bert_jax.aot` builds the step the loop runs: the config's rtd_weight (not the paper's 50) and
+    FLOPs that count the generator too."""
+    from bert_jax import aot, flops
+    from bert_jax.training import trainer
+    seen = []
+    real = electra.make_train_step
+    monkeypatch.setattr(electra, "make_train_step", lambda *a, **kw: seen.append(kw["rtd_weight"]) or real(*a, **kw))
+    c = _electra_run_config(tmp_path, 4)
+    c.electra.rtd_weight = 7.0
+    compiled, info = aot.compile_train_step(c, jax.devices()[:1], vocab_size=300)
+    assert seen == [7.0]
+    model_config = trainer.build_model_config(c, 300, 0)
+    model = trainer.build_model(c, model_config)
+    discriminator = flops.pretraining_step_flops(model_config, 32, 5, 8)
+    generator = flops.pretraining_step_flops(model.generator_config, 32, 5, 8)
+    assert info["model_flops_per_step"] == pytest.approx(discriminator + generator)

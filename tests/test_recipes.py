@@ -20,9 +20,6 @@ from bert_jax.training import optim
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BERT_FIELDS = {f.name for f in dataclasses.fields(BertConfig)}
-# Switches the positions slice of issue 15 adds to BertConfig; recipes that use them are checked in full
-# only where they exist.
-POSITIONS_SLICE = ("rope_theta", "local_rope_theta", "local_attention_window", "global_attn_every_n_layers")
 
 
 def _config_module(name):
@@ -34,18 +31,6 @@ def _config_module(name):
 
 
 pretrain = _config_module("pretrain")
-
-
-def _needs(*fields, values=None):
-    """Skips unless BertConfig has `fields` (and accepts `values`, {field: value})."""
-    missing = [f for f in fields if f not in BERT_FIELDS]
-    for field, value in (values or {}).items():
-        try:
-            BertConfig(**{field: value})
-        except (ValueError, TypeError):
-            missing.append(f"{field}={value!r}")
-    if missing:
-        pytest.skip(f"needs the positions slice (BertConfig lacks {', '.join(missing)})")
 
 
 # ------------------------------------------------------------------------------ model switches as keys
@@ -122,13 +107,18 @@ print(json.dumps({"model": flags.FLAGS.config.model.to_dict()}))
 """
 
 
-def test_set_model_switches_sets_what_exists_and_names_the_rest(caplog):
-    c = pretrain.base_config()
-    missing = pretrain.set_model_switches(c, "test", norm_position="pre", no_such_switch=3,
-                                          mlp_type="no_such_mlp")
-    assert missing == ["no_such_switch", "mlp_type"]
-    assert c.model.norm_position == "pre" and c.model.mlp_type == "dense" and "no_such_switch" not in c.model
-    assert "no_such_switch=3" in caplog.text and "mlp_type='no_such_mlp'" in caplog.text
+@pytest.mark.parametrize("name", ["cramming", "mosaicbert", "modernbert"])
+def test_recipe_switches_are_bert_config_fields_and_reach_the_model(name):
+    """Every published switch a recipe names is a BertConfig field, set as written (a misspelt field would
+    otherwise be a new config key that no model reads)."""
+    from bert_jax.training import trainer
+    recipe = _config_module(name)
+    assert set(recipe.MODEL) <= BERT_FIELDS, set(recipe.MODEL) - BERT_FIELDS
+    c = recipe.get_config("")
+    model_config = trainer.build_model_config(c, c.data.vocab_size, 0)
+    for field, value in recipe.MODEL.items():
+        if field != "max_position_embeddings":  # raised to the sequence length where that is longer
+            assert getattr(model_config, field) == value, field
 
 
 def test_runlocal_keeps_architecture_switches():
@@ -191,7 +181,6 @@ def test_mosaicbert_published_hyperparameters(size, shape):
 
 
 def test_mosaicbert_alibi():
-    _needs(values={"position_embedding_type": "alibi"})
     assert _config_module("mosaicbert").get_config("").model.position_embedding_type == "alibi"
 
 
@@ -236,7 +225,6 @@ def test_modernbert_published_hyperparameters(size, shape, lr, batches):
 
 
 def test_modernbert_positions_and_alternating_attention():
-    _needs(*POSITIONS_SLICE, values={"position_embedding_type": "rotary", "model_type": "modernbert"})
     m = _config_module("modernbert").get_config("").model
     assert (m.position_embedding_type, m.rope_theta, m.local_rope_theta) == ("rotary", 160_000.0, 10_000.0)
     assert (m.global_attn_every_n_layers, m.local_attention_window, m.model_type) == (3, 128, "modernbert")
@@ -253,20 +241,10 @@ def corpus(tmp_path_factory):
     return write_text_corpus(tmp_path_factory.mktemp("corpus"), CORPUS_WORDS, vocab_size=200, words_per_sentence=(6, 14))
 
 
-RUNLOCAL = {
-    "cramming": dict(),
-    "mosaicbert": dict(values={"position_embedding_type": "alibi"}),
-    "modernbert": dict(fields=POSITIONS_SLICE, values={"position_embedding_type": "rotary",
-                                                        "model_type": "modernbert"}),
-}
-
-
-@pytest.mark.parametrize("name", sorted(RUNLOCAL))
+@pytest.mark.parametrize("name", ["cramming", "modernbert", "mosaicbert"])
 def test_runlocal_trains(name, corpus, tmp_path):
     """`configs/<recipe>.py:runlocal` (on a small text corpus, 6 steps) trains: finite loss, the ramp's
     optimizer updates applied, the logged learning rate the schedule's."""
-    needs = RUNLOCAL[name]
-    _needs(*needs.get("fields", ()), values=needs.get("values"))
     from bert_jax.training import trainer
     c = _config_module(name).get_config("runlocal")
     steps = 6

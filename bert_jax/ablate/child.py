@@ -66,8 +66,8 @@ def main(argv) -> int:
         print(f"usage: python -m bert_jax.ablate.child {{{'|'.join(STAGES)}}} CONFIG_JSON WORKDIR", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("absl", "jax._src", "orbax", "jax"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from bert_jax.training import metrics
+    metrics.log_at_info_without_library_noise()
     try:
         STAGES[argv[1]](load_config(argv[2]), argv[3])
     except Exception as e:  # the bench reads the last line as the run's failure reason

@@ -199,20 +199,11 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int, pad_token_i
 
 # ------------------------------------------------------------------------------------- FLOPs
 def flops_per_token(config: BertConfig, seq_len: int, max_predictions_per_seq: int) -> float:
-    """Training model FLOPs per token of the pretraining step: `bert_jax.flops.flops_per_token` (which
-    counts the gated MLP's second input projection, the bias / norm switches and the sparse MLM head),
-    with the attention term of sliding-window layers counted over their window instead of the whole
-    sequence (a query at q sees keys |q - k| <= window // 2; BertConfig fields `local_attention_window` /
-    `global_attn_every_n_layers` where this version has them). The NSP head and pooler run once per
-    sequence (2 hidden^2 FLOPs per sequence, < 0.1% here) and are left out, as `bert_jax.flops` does."""
-    total = flops.flops_per_token(config, seq_len, max_predictions_per_seq / seq_len, training=True)
-    window = getattr(config, "local_attention_window", 0) or 0
-    if window > 0:
-        every = max(getattr(config, "global_attn_every_n_layers", 1) or 1, 1)
-        local_layers = sum(1 for i in range(config.num_hidden_layers) if i % every)
-        keys = min(seq_len, 2 * (window // 2) + 1)
-        total -= 12.0 * local_layers * config.hidden_size * (seq_len - keys)
-    return total
+    """Training model FLOPs per token of the pretraining step (`bert_jax.flops.flops_per_token`: the gated
+    MLP's second projection, the bias / norm switches, sliding-window layers and the sparse MLM head). The
+    NSP head and pooler run once per sequence (2 hidden^2 FLOPs per sequence, < 0.1% here) and are left
+    out, as `bert_jax.flops` does."""
+    return flops.flops_per_token(config, seq_len, max_predictions_per_seq / seq_len, training=True)
 
 
 def step_flops(config: ml_collections.ConfigDict, vocab_size: int) -> float:

@@ -25,6 +25,18 @@ from bert_jax.training import paths
 
 logger = logging.getLogger(__name__)
 
+# Libraries whose INFO lines (compilation cache, checkpoint internals, absl's per-call logs) would bury the
+# loop's own log lines.
+NOISY_LOGGERS = ("absl", "jax._src", "orbax", "jax")
+
+
+def log_at_info_without_library_noise() -> None:
+    """Root logger at INFO (the loop's lines), the libraries in NOISY_LOGGERS at WARNING: what every entry
+    point (bert_jax.main, the ablation bench's child processes, benchmarks) sets."""
+    logging.getLogger().setLevel(logging.INFO)
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
 
 class MetricsWriter:
     """metrics.jsonl and TensorBoard event files in `workdir` (a local path or a gs:// URL)."""

@@ -125,6 +125,19 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.best_metric={config.best_metric!r} needs evaluations: set config.eval_every > 0")
 
 
+def step_flops_and_rtd_weight(config: ml_collections.ConfigDict, model_config: BertConfig, model):
+    """Model FLOPs of one pretraining step over the global batch, and ELECTRA's RTD loss weight (None for
+    the other objectives): what the loop's MFU and `bert_jax.aot`'s report count, and the step's loss."""
+    d = config.data
+    step_flops = flops.pretraining_step_flops(model_config, d.seq_len, d.max_predictions, d.global_batch_size)
+    if not isinstance(model, electra.ElectraPretrainingModel):
+        return step_flops, None
+    # Generator (MLM at the masked positions) + discriminator (counted with an MLM decoder instead of
+    # the per-token RTD head: an approximation for MFU, a little high).
+    step_flops += flops.pretraining_step_flops(model.generator_config, d.seq_len, d.max_predictions, d.global_batch_size)
+    return step_flops, electra_options(config)["rtd_weight"]
+
+
 class PretrainingTask(loop.LoopTask):
     """MLM (+ NSP) on `training/data.py`'s loaders; evaluation on the held-out batches."""
 
@@ -137,16 +150,7 @@ class PretrainingTask(loop.LoopTask):
         self.eval_at_end = bool(config.eval_every)
         self.best_metric = config.get("best_metric", "") or None
         self.best_mode = config.get("best_mode", "max")
-        self.step_flops = flops.pretraining_step_flops(self.model_config, config.data.seq_len,
-                                                       config.data.max_predictions, config.data.global_batch_size)
-        self.rtd_weight = None
-        if config.objective == "electra":
-            # Generator (MLM at the masked positions) + discriminator (counted with an MLM decoder instead of
-            # the per-token RTD head: an approximation for MFU, a little high).
-            self.rtd_weight = electra_options(config)["rtd_weight"]
-            self.step_flops += flops.pretraining_step_flops(self.model.generator_config, config.data.seq_len,
-                                                            config.data.max_predictions,
-                                                            config.data.global_batch_size)
+        self.step_flops, self.rtd_weight = step_flops_and_rtd_weight(config, self.model_config, self.model)
         self.peak_flops = metrics_lib.peak_flops_per_second(list(mesh.devices.flat),
                                                             config.get("peak_tflops_per_device", 0.0))
         is_electra = isinstance(self.model, electra.ElectraPretrainingModel)
