@@ -11,7 +11,7 @@ configs/demo.py) and the variants trained against it on an equal budget.
     configs/pretrain.py's model section work) or, first in the list, a config file "configs/cramming.py:
     runlocal" (path from the repository root, with its argument) that replaces the base for this variant;
   * shared: the keys every variant takes from the base unless its own specs set them (the data that defines
-    the MLM task, so that accuracies compare, and the evaluation cadence the curves are drawn from). A
+    the MLM task, so that accuracies compare, the batch, and the evaluation cadence the curves are drawn from). A
     variant whose masking rate or sequence length differs gets data.max_predictions = round(seq * rate + 0.5)
     (configs/pretrain.py's rule) unless it sets it.
 """
@@ -41,8 +41,10 @@ VARIANTS = {
     "modernbert": ["configs/modernbert.py:runlocal"],
 }
 
+# The batch is shared too: the recipes' `runlocal` batch (16) is a CPU shrink, not a published choice; their
+# published batch-size ramps still grow it by accumulation.
 SHARED = ["data.source", "data.vocab", "data.vocab_size", "data.lowercase", "data.seq_len", "data.eval_fraction",
-          "data.eval_batches", "log_every", "eval_every", "checkpoint_every"]
+          "data.eval_batches", "data.global_batch_size", "log_every", "eval_every", "checkpoint_every"]
 
 
 def get_config(arg: str = ""):

@@ -172,12 +172,28 @@ TINY = ["model.hidden_size=32", "model.intermediate_size=64", "model.num_attenti
         "data.dupe_factor=1", "data.eval_batches=2", "data.global_batch_size=16", "log_every=5", "eval_every=10"]
 
 
+def test_seconds_budget_lays_the_schedule_over_the_calibrated_steps():
+    from bert_jax.ablate import grid
+    base = _bench().base
+    cut = grid.apply_budget(base, grid.Budget(seconds=60), 4000)
+    assert (cut.train_seconds, cut.optim.total_steps, cut.total_steps) == (60.0, 2500, 2500)  # the config's schedule
+    fitted = grid.apply_budget(base, grid.Budget(seconds=60), 4000, seconds_per_step=0.1)
+    assert fitted.train_seconds == 60.0 and fitted.optim.total_steps == fitted.total_steps == int(0.95 * 600)
+    short = grid.apply_budget(base, grid.Budget(seconds=10), 4000, seconds_per_step=0.1)
+    assert short.optim.total_steps == 95 and short.optim.warmup_steps == 47  # warmup capped at half
+    assert base.optim.total_steps == 2500  # a copy
+    with pytest.raises(ValueError, match="seconds per step"):
+        grid.apply_budget(base, grid.Budget(seconds=10), 4000, seconds_per_step=0.0)
+
+
 def test_bench_tiny_grid_table_and_plot(tmp_path):
     """2 variants x 2 seeds on a 2-second budget (tiny model, a few fine-tuning steps), plus a variant
     whose recipe file does not exist: the table has sane values with spreads, the plot is a PNG, and a
     rerun skips every finished run."""
     import subprocess
     import sys
+
+    from bert_jax.ablate import grid
     bench_config = tmp_path / "bench.py"
     bench_config.write_text(
         "import sys\n"
@@ -209,8 +225,13 @@ def test_bench_tiny_grid_table_and_plot(tmp_path):
             assert len(row[key]["values"]) == 2 and all(0.0 <= v <= 1.0 for v in row[key]["values"])
             assert row[key]["std"] is not None and row[key]["std"] >= 0.0
         assert row["tokens_per_s"]["mean"] > 0 and row["steps"]["mean"] >= 1
-        for run in row["runs"]:
-            assert run["stopped_by"] == "budget" and run["steps"] < 2500
+        # The schedule is laid over the steps the variant's calibrated step time fits in the budget.
+        seconds_per_step = json.load(open(workdir / name / "calibration" / "calibration.json"))["seconds_per_step"]
+        fitted = grid.steps_in_seconds(2, seconds_per_step)
+        for seed, run in enumerate(row["runs"]):
+            config = json.load(open(workdir / name / f"seed{seed}" / "pretrain_config.json"))
+            assert config["optim"]["total_steps"] == config["total_steps"] == fitted < 2500
+            assert run["steps"] <= fitted and (run["stopped_by"] == "budget") == (run["steps"] < fitted)
             assert run["curve"] and all(0.0 <= point[3] <= 1.0 for point in run["curve"])
     assert rows["bert"]["params"] < rows["preln"]["params"]  # pre-LN adds the final norm
     markdown = (workdir / "ablation.md").read_text()
@@ -221,6 +242,7 @@ def test_bench_tiny_grid_table_and_plot(tmp_path):
     again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stderr.count("already done") == 8  # 2 variants x 2 seeds x (pretraining, fine-tuning)
+    assert "timing" not in again.stderr  # the calibrations are kept
     assert json.load(open(workdir / "ablation.json")) == table
 
 

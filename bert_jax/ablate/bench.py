@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ from typing import List, Optional, Sequence
 
 import ml_collections
 
-from bert_jax.ablate import grid
+from bert_jax.ablate import child, grid
 
 logger = logging.getLogger(__name__)
 
@@ -106,20 +107,26 @@ def vocab_size_of(tokenizer_dir: str) -> int:
         return sum(1 for _ in f)
 
 
-def pretrain_config(variant: grid.Variant, base: ml_collections.ConfigDict, vocab: str, budget: grid.Budget,
-                    seed: int) -> ml_collections.ConfigDict:
-    """The variant's config with the shared vocab (when it trains on the base's corpus and vocab size),
-    the budget and the seed."""
+def with_vocab(variant: grid.Variant, base: ml_collections.ConfigDict, vocab: str, seed: int) -> ml_collections.ConfigDict:
+    """The variant's config with the shared vocab (when it trains on the base's corpus and vocab size) and the
+    seed, without a progress bar."""
     config = copy.deepcopy(variant.config)
     d = config.data
     if not d.vocab and (d.source, d.vocab_size, d.lowercase) == (base.data.source, base.data.vocab_size,
                                                                  base.data.lowercase):
         d.vocab = vocab
-    config = grid.apply_budget(config, budget, vocab_size_of(d.vocab) if d.vocab else d.vocab_size)
     config.seed = seed
     if "progress_bar" in config:
         config.progress_bar = False
     return config
+
+
+def pretrain_config(variant: grid.Variant, base: ml_collections.ConfigDict, vocab: str, budget: grid.Budget,
+                    seed: int, seconds_per_step: Optional[float] = None) -> ml_collections.ConfigDict:
+    """`with_vocab` with the budget (a seconds budget's schedule laid over the steps `seconds_per_step` fits)."""
+    config = with_vocab(variant, base, vocab, seed)
+    d = config.data
+    return grid.apply_budget(config, budget, vocab_size_of(d.vocab) if d.vocab else d.vocab_size, seconds_per_step)
 
 
 def finetune_config(spec: str, overrides: Sequence[str], pretrain_dir: str, seed: int) -> ml_collections.ConfigDict:
@@ -133,11 +140,32 @@ def finetune_config(spec: str, overrides: Sequence[str], pretrain_dir: str, seed
     return config
 
 
+def calibrate(variant: grid.Variant, base: ml_collections.ConfigDict, vocab: str, workdir: str,
+              stage_timeout: Optional[float] = None) -> float:
+    """The variant's seconds per training step, timed once in `<workdir>/<variant>/calibration` (kept, so a
+    rerun lays the same schedule and its configs match the runs already there)."""
+    directory = os.path.join(workdir, variant.name, "calibration")
+    result = os.path.join(directory, child.CALIBRATION)
+    if not os.path.isfile(result):
+        config = with_vocab(variant, base, vocab, seed=0)
+        shutil.rmtree(directory, ignore_errors=True)  # a calibration cut short: time it afresh
+        os.makedirs(directory)
+        _write_or_check(os.path.join(directory, "config.json"), config)
+        logger.info("%s: timing %d steps to lay the schedule over the budget", variant.name, child.CALIBRATION_STEPS)
+        error = run_stage("calibrate", os.path.join(directory, "config.json"), directory,
+                          os.path.join(directory, "log.txt"), stage_timeout)
+        if error:
+            raise RuntimeError(f"calibration: {error}")
+    with open(result) as f:
+        return float(json.load(f)["seconds_per_step"])
+
+
 def run_bench(bench: ml_collections.ConfigDict, variants: List[grid.Variant], workdir: str, budget: grid.Budget,
               seeds: int, finetune_spec: str = DEFAULT_FINETUNE, finetune_overrides: Sequence[str] = (),
-              stage_timeout: Optional[float] = None) -> List[RunResult]:
+              stage_timeout: Optional[float] = None, fit_schedule: bool = True) -> List[RunResult]:
     """Pretrains and fine-tunes every available variant for `seeds` seeds (0..seeds-1); returns one
-    RunResult per run (unavailable variants have none)."""
+    RunResult per run (unavailable variants have none). With a seconds budget and `fit_schedule`, each
+    variant's step is timed first (`calibrate`) and its schedule laid over the steps that fit."""
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
     os.makedirs(workdir, exist_ok=True)
@@ -147,19 +175,29 @@ def run_bench(bench: ml_collections.ConfigDict, variants: List[grid.Variant], wo
         if variant.unavailable:
             logger.warning("variant %s unavailable: %s", variant.name, variant.unavailable)
             continue
+        seconds_per_step, calibration_error = None, ""
+        if budget.seconds and fit_schedule:
+            try:
+                seconds_per_step = calibrate(variant, bench.base, vocab, workdir, stage_timeout)
+            except (RuntimeError, ValueError) as e:
+                calibration_error = str(e)
         for seed in range(seeds):
             run_dir = os.path.join(workdir, variant.name, f"seed{seed}")
+            if calibration_error:
+                results.append(RunResult(variant.name, seed, run_dir, "failed", calibration_error))
+                continue
             results.append(_run_one(variant, bench.base, vocab, budget, seed, run_dir, finetune_spec,
-                                    finetune_overrides, stage_timeout))
+                                    finetune_overrides, stage_timeout, seconds_per_step))
     return results
 
 
-def _run_one(variant, base, vocab, budget, seed, run_dir, finetune_spec, finetune_overrides, stage_timeout):
+def _run_one(variant, base, vocab, budget, seed, run_dir, finetune_spec, finetune_overrides, stage_timeout,
+             seconds_per_step=None):
     os.makedirs(run_dir, exist_ok=True)
     log = os.path.join(run_dir, "log.txt")
     fail = lambda reason: RunResult(variant.name, seed, run_dir, "failed", reason)  # noqa: E731
     try:
-        config = pretrain_config(variant, base, vocab, budget, seed)
+        config = pretrain_config(variant, base, vocab, budget, seed, seconds_per_step)
     except ValueError as e:  # e.g. a FLOPs budget below one step
         return fail(str(e))
     pretrain_dir, finetune_dir = os.path.join(run_dir, "pretrain"), os.path.join(run_dir, "finetune")

@@ -1,11 +1,12 @@
 """One stage of one bench run, in its own interpreter (memory and compile caches independent of the
 other variants):
 
-    python -m bert_jax.ablate.child vocab|pretrain|finetune CONFIG_JSON WORKDIR
+    python -m bert_jax.ablate.child vocab|calibrate|pretrain|finetune CONFIG_JSON WORKDIR
 
 CONFIG_JSON is the fully resolved experiment config (what the bench wrote; the run's own config.json
 says the same). `vocab` trains the bench's shared WordPiece vocab into WORKDIR/tokenizer (the pretraining
-run's own rule, on its corpus); `pretrain` also writes WORKDIR/ablate_info.json (parameter count, model
+run's own rule, on its corpus); `calibrate` times the training step into WORKDIR/calibration.json;
+`pretrain` also writes WORKDIR/ablate_info.json (parameter count, model
 FLOPs per token and per step). Errors end with one line `bert_jax: <ErrorType>: <message>` and status 1.
 """
 
@@ -18,6 +19,8 @@ import sys
 import ml_collections
 
 INFO = "ablate_info.json"
+CALIBRATION = "calibration.json"
+CALIBRATION_STEPS = 40  # timed after the first (compiling) step
 
 
 def one_line(error: BaseException) -> str:
@@ -53,12 +56,37 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> None:
         "tokens_per_step": d.seq_len * d.global_batch_size, "total_steps": int(config.total_steps)})
 
 
+def calibrate(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Times the variant's training step (the loop's training clock over CALIBRATION_STEPS steps after the
+    compiling one, no evaluations) and writes WORKDIR/calibration.json {seconds_per_step, steps_timed}: what
+    a seconds budget lays the variant's schedule over."""
+    from bert_jax.training import paths, trainer
+    config = ml_collections.ConfigDict(config.to_dict())  # plain values: total_steps no longer refers to optim's
+    steps = CALIBRATION_STEPS + 1
+    config.total_steps = config.optim.total_steps = steps
+    config.optim.warmup_steps = min(config.optim.get("warmup_steps", 0), steps // 2)
+    config.train_seconds = float("inf")  # no budget: log the clock
+    config.eval_every, config.log_every, config.checkpoint_every = 0, steps, steps
+    if "best_metric" in config:
+        config.best_metric = ""
+    trainer.train_and_evaluate(config, workdir)
+    directory = paths.workdir_path(workdir)
+    with open(directory / "metrics.jsonl") as f:
+        logged = [json.loads(line) for line in f if '"train_seconds"' in line]
+    timed = [record for record in logged if record.get("step") == steps and record.get("split") == "train"]
+    if not timed:
+        raise RuntimeError(f"calibration: no train line with train_seconds at step {steps} in {directory}/metrics.jsonl")
+    seconds = float(timed[-1]["train_seconds"])
+    paths.write_json(directory / CALIBRATION, {"seconds_per_step": seconds / CALIBRATION_STEPS,
+                                               "steps_timed": CALIBRATION_STEPS})
+
+
 def finetune(config: ml_collections.ConfigDict, workdir: str) -> None:
     from bert_jax.training import finetune as finetune_lib
     finetune_lib.train_and_evaluate(config, workdir)
 
 
-STAGES = {"vocab": vocab, "pretrain": pretrain, "finetune": finetune}
+STAGES = {"vocab": vocab, "calibrate": calibrate, "pretrain": pretrain, "finetune": finetune}
 
 
 def main(argv) -> int:

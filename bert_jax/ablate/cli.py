@@ -19,6 +19,8 @@ flags.DEFINE_multi_string("set", [], "key=value applied to every variant's pretr
 flags.DEFINE_string("finetune_config", bench.DEFAULT_FINETUNE, "Fine-tuning config run from each pretraining workdir.")
 flags.DEFINE_multi_string("finetune_set", [], "key=value applied to the fine-tuning config.")
 flags.DEFINE_float("stage_timeout", 0.0, "Seconds after which a stage (pretraining / fine-tuning) counts as failed; 0: none.")
+flags.DEFINE_bool("fit_schedule", True, "With --budget_seconds: time each variant's step first and lay its schedule "
+                  "over the steps that fit (else the config's schedule, cut where the budget ends).")
 FLAGS = flags.FLAGS
 
 
@@ -39,7 +41,7 @@ def run(argv) -> dict:
                 except ValueError as e:
                     variant.unavailable = str(e)
     results = bench.run_bench(bench_config, variants, FLAGS.workdir, budget, FLAGS.seeds, FLAGS.finetune_config,
-                              FLAGS.finetune_set, FLAGS.stage_timeout or None)
+                              FLAGS.finetune_set, FLAGS.stage_timeout or None, FLAGS.fit_schedule)
     table = report.summarise(variants, results, budget)
     paths = report.write_table(table, FLAGS.workdir)
     print(report.markdown(table))

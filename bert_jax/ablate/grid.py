@@ -234,27 +234,50 @@ class Budget:
         return f"{self.seconds:g} s of training" if self.seconds else f"{self.flops:.3g} training FLOPs"
 
 
-def apply_budget(config: ml_collections.ConfigDict, budget: Budget, vocab_size: int) -> ml_collections.ConfigDict:
-    """A copy of `config` that trains for `budget`: seconds -> `train_seconds` (the loop stops at the
-    first step past it; total_steps stays, so the schedule is the config's); FLOPs -> total_steps =
-    floor(budget / step FLOPs) (the schedule ends at the budget; warmup is capped at half the steps) with
-    the training clock logged (`train_seconds=inf`)."""
+# A seconds budget lays the schedule over this fraction of the steps the calibration says fit in it: the
+# schedule then ends (decayed) just inside the budget even when steps run a little slower than calibrated.
+SCHEDULE_FIT_FRACTION = 0.95
+
+
+def lay_schedule_over(config: ml_collections.ConfigDict, steps: int) -> None:
+    """Makes `config` train `steps` steps with its schedule laid over them (warmup capped at half)."""
+    config.optim.total_steps = steps
+    if config.get("total_steps") != steps:  # a config whose total_steps is not a reference to optim's
+        config.total_steps = steps
+    if config.optim.get("warmup_steps", 0) >= steps:
+        config.optim.warmup_steps = steps // 2
+
+
+def steps_in_seconds(seconds: float, seconds_per_step: float) -> int:
+    """Steps whose schedule a `seconds` budget holds at the calibrated `seconds_per_step` (>= 2)."""
+    if not seconds_per_step > 0:
+        raise ValueError(f"calibrated seconds per step must be > 0, got {seconds_per_step!r}")
+    return max(2, int(SCHEDULE_FIT_FRACTION * seconds / seconds_per_step))
+
+
+def apply_budget(config: ml_collections.ConfigDict, budget: Budget, vocab_size: int,
+                 seconds_per_step: Optional[float] = None) -> ml_collections.ConfigDict:
+    """A copy of `config` that trains for `budget`:
+      * seconds -> `train_seconds` (the loop stops at the first step past it). With `seconds_per_step`
+        (the variant's calibrated step time) the schedule is laid over the steps that fit
+        (`steps_in_seconds`), so every variant's learning rate decays within the budget; without it
+        total_steps stays and the schedule is the config's, cut where the budget ends.
+      * FLOPs -> total_steps = floor(budget / step FLOPs) (the schedule ends at the budget) with the
+        training clock logged (`train_seconds=inf`)."""
     config = copy.deepcopy(config)
     if "train_seconds" not in config:
         with config.unlocked():
             config.train_seconds = 0.0
     if budget.seconds:
         config.train_seconds = float(budget.seconds)
+        if seconds_per_step is not None:
+            lay_schedule_over(config, steps_in_seconds(budget.seconds, seconds_per_step))
         return config
     steps = int(budget.flops // step_flops(config, vocab_size))
     if steps < 1:
         raise ValueError(f"budget_flops={budget.flops:.3g} is less than one step ({step_flops(config, vocab_size):.3g} "
                          "FLOPs)")
-    config.optim.total_steps = steps
-    if config.get("total_steps") != steps:  # a config whose total_steps is not a reference to optim's
-        config.total_steps = steps
-    if config.optim.get("warmup_steps", 0) >= steps:
-        config.optim.warmup_steps = steps // 2
+    lay_schedule_over(config, steps)
     config.train_seconds = float("inf")
     return config
 
