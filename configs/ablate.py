@@ -13,7 +13,8 @@ configs/demo.py) and the variants trained against it on an equal budget.
   * shared: the keys every variant takes from the base unless its own specs set them (the data that defines
     the MLM task, so that accuracies compare, the batch, and the evaluation cadence the curves are drawn from). A
     variant whose masking rate or sequence length differs gets data.max_predictions = round(seq * rate + 0.5)
-    (configs/pretrain.py's rule) unless it sets it.
+    (configs/pretrain.py's rule) unless it sets it;
+  * eval_like_base: every variant evaluates on the base's batches (`bert_jax.ablate.grid.evaluate_like`).
 """
 
 import os
@@ -54,4 +55,7 @@ def get_config(arg: str = ""):
     # Points for the accuracy curves (the demo evaluates every 500 steps; a budget of a minute is ~600 steps on
     # a 2-core CPU). Evaluations are left out of the training clock and change nothing that is trained.
     base.eval_every = 100
-    return ml_collections.ConfigDict(dict(base=base, variants=list(VARIANTS.items()), shared=SHARED))
+    # Every variant is evaluated on the base's batches (its masking rate, positions and sentence pairs): a
+    # recipe's own 30% masking or MLM-only sentences would make a different, harder or easier, test.
+    return ml_collections.ConfigDict(dict(base=base, variants=list(VARIANTS.items()), shared=SHARED,
+                                          eval_like_base=True))

@@ -119,7 +119,10 @@ def base_config() -> ml_collections.ConfigDict:
         # Masking: each predicted position becomes [MASK] / a random token / stays, with these fractions
         # (BERT's 80/10/10); whole_word_mask masks all '##' pieces of a word together.
         mask_token_fraction=0.8, random_token_fraction=0.1, whole_word_mask=False,
-        eval_source=""))  # array_record: a separate glob of eval shards; empty: the training shards
+        eval_source="",  # array_record: a separate glob of eval shards; empty: the training shards
+        # Text sources: evaluation batches masked / paired unlike training (0 / "": as training). The
+        # ablation bench evaluates every variant on the base experiment's batches with these.
+        eval_masked_lm_prob=0.0, eval_max_predictions=0, eval_mode=""))  # eval_mode: nsp | full_sentences
     # Fields and meaning: bert_jax.training.optim.default_config (schedules 'one_cycle' / 'trapezoidal' and
     # the batch-size ramp: see make_optimizer; with a ramp the schedule counts optimizer updates).
     c.optim = ml_collections.ConfigDict(dict(

@@ -113,6 +113,64 @@ def test_default_grid_resolves_bert_as_the_demo_and_switches_as_overrides():
             assert (v.config.data.seq_len, v.config.data.vocab_size) == (32, bench.base.data.vocab_size)
 
 
+def test_variants_evaluate_on_the_base_batches(corpus, tmp_path):
+    """eval_like_base: a variant with 30% masking, MLM only, evaluates on exactly the base's batches (the same
+    examples, masked positions and labels), while it trains on its own."""
+    import ml_collections
+    import numpy as np
+
+    from bert_jax.ablate import grid
+    from bert_jax.training import data as training_data
+    base = _tiny_pretrain_config(corpus, 10, 0.0)
+    base.data.eval_batches = 3
+    assert base.objective == "mlm_nsp"
+    bench = ml_collections.ConfigDict(dict(base=base, shared=[], eval_like_base=True, variants=[
+        ("bert", []), ("mlm30", ["objective=mlm", "data.masked_lm_prob=0.3"])]))
+    bert, mlm30 = grid.resolve_all(bench)
+    assert bert.config.to_dict() == base.to_dict()  # nothing to change for the base itself
+    d = mlm30.config.data
+    assert (d.max_predictions, d.eval_masked_lm_prob, d.eval_max_predictions, d.eval_mode) == (10, 0.15, 5, "nsp")
+    batches = {}
+    for variant in (bert, mlm30):
+        data = training_data.build_pretraining_data(variant.config, tmp_path / variant.name)
+        batches[variant.name] = (list(data.eval_batches()), next(iter(data.train_loader)))
+    (base_eval, base_train), (eval30, train30) = batches["bert"], batches["mlm30"]
+    assert len(base_eval) == len(eval30) == 3
+    for one, other in zip(base_eval, eval30):
+        assert set(one) == set(other)
+        for key in one:
+            np.testing.assert_array_equal(one[key], other[key], err_msg=key)
+    assert base_train["masked_lm_positions"].shape[1] == 5 and train30["masked_lm_positions"].shape[1] == 10
+    # A model without token types (Cramming, ModernBERT) reads the same pairs without their segment ids.
+    untyped = grid.resolve_all(ml_collections.ConfigDict(dict(bench, variants=[
+        ("untyped", ["objective=mlm", "model.type_vocab_size=0"])])))[0]
+    data = training_data.build_pretraining_data(untyped.config, tmp_path / "untyped")
+    for one, other in zip(base_eval, data.eval_batches()):
+        assert one["token_type_ids"].any() and not other["token_type_ids"].any()
+        for key in set(one) - {"token_type_ids"}:
+            np.testing.assert_array_equal(one[key], other[key], err_msg=key)
+    # Without it, the variant's eval batches are its own (30% masking, 10 positions).
+    own = grid.resolve_all(ml_collections.ConfigDict(dict(bench, eval_like_base=False)), ["mlm30"])[0]
+    data = training_data.build_pretraining_data(own.config, tmp_path / "own")
+    assert next(iter(data.eval_batches()))["masked_lm_positions"].shape[1] == 10
+
+
+def test_eval_batch_overrides_are_checked(corpus):
+    from bert_jax.training import data as training_data
+    c = _tiny_pretrain_config(corpus, 10, 0.0)
+    for key, value, message in [("eval_masked_lm_prob", 1.5, "eval_masked_lm_prob must be in"),
+                                ("eval_max_predictions", -1, "eval_max_predictions must be an integer"),
+                                ("eval_mode", "pairs", "eval_mode must be"),
+                                ("eval_mode", "full_sentences", "no next-sentence labels")]:
+        bad = c.copy_and_resolve_references()
+        bad.data[key] = value
+        with pytest.raises(ValueError, match=message):
+            training_data.eval_overrides(bad)
+    c.data.update(source="array_record:/nonexistent/*.ar", eval_masked_lm_prob=0.2)
+    with pytest.raises(ValueError, match="apply to text sources"):
+        training_data.build_pretraining_data(c, "/tmp/unused")
+
+
 def test_variant_problems_are_reasons_not_crashes(tmp_path):
     from bert_jax.ablate import grid
     base = _bench().base

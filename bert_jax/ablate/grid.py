@@ -142,9 +142,11 @@ def max_predictions(seq_len: int, masked_lm_prob: float) -> int:
 
 
 def resolve(name: str, specs: Sequence[str], base: ml_collections.ConfigDict, shared: Sequence[str] = (),
-            common: Sequence[str] = ()) -> Variant:
+            common: Sequence[str] = (), eval_like_base: bool = False) -> Variant:
     """The variant's pretraining config: its config file (else a copy of `base`), the `shared` keys
     from `base` unless the variant sets them, its overrides, then the bench-wide `common` overrides.
+    `eval_like_base`: the variant evaluates on the base's batches (`evaluate_like`), so that MLM accuracies
+    of variants with other masking rates or objectives are over the same masked positions.
     A variant whose specs cannot apply (a missing file, an unknown key, a mistyped value, a model
     BertConfig rejects) comes back with `unavailable` set to why; malformed `common` overrides raise
     (`resolve_all` checks them first)."""
@@ -176,8 +178,26 @@ def resolve(name: str, specs: Sequence[str], base: ml_collections.ConfigDict, sh
         return Variant(name, specs, None, unavailable=str(e))
     if "data.max_predictions" not in explicit:
         config.data.max_predictions = max_predictions(config.data.seq_len, config.data.masked_lm_prob)
+    if eval_like_base:
+        evaluate_like(config, base)
     problem = check_buildable(config)
     return Variant(name, specs, None if problem else config, unavailable=problem)
+
+
+def evaluate_like(config: ml_collections.ConfigDict, base: ml_collections.ConfigDict) -> None:
+    """Makes `config` evaluate on `base`'s evaluation batches (text sources): base's masking rate, masked
+    positions per sequence and sentence pairing (`config.data.eval_*`). With the shared data keys (corpus,
+    vocab, sequence length, eval split) and the seed, the batches are then the same examples with the same
+    masks for every variant."""
+    mode = lambda c: "nsp" if c.get("objective", "mlm_nsp") == "mlm_nsp" else "full_sentences"  # noqa: E731
+    d, b = config.data, base.data
+    # Set only where the variant's own batches would differ: BERT as-is stays the base config, key for key.
+    if d.masked_lm_prob != b.masked_lm_prob:
+        d.eval_masked_lm_prob = float(b.masked_lm_prob)
+    if d.max_predictions != b.max_predictions:
+        d.eval_max_predictions = int(b.max_predictions)
+    if mode(config) != mode(base):
+        d.eval_mode = mode(base)
 
 
 def check_buildable(config: ml_collections.ConfigDict, vocab_size: int = 1000) -> Optional[str]:
@@ -305,4 +325,5 @@ def resolve_all(bench: ml_collections.ConfigDict, names: Optional[Sequence[str]]
     for spec in common:
         parse_override(spec)  # malformed bench-wide overrides are the caller's error, not a variant's
     shared = list(bench.get("shared", []))
-    return [resolve(n, variants[n], bench.base, shared, common) for n in names]
+    eval_like_base = bool(bench.get("eval_like_base", False))
+    return [resolve(n, variants[n], bench.base, shared, common, eval_like_base) for n in names]

@@ -30,15 +30,21 @@ class PretrainingData:
     tokenizer: Optional[BertTokenizer]
     vocab_size: int
     pad_token_id: int
+    # Evaluating on sentence pairs (`data.eval_mode="nsp"`) a model without token types: its batches read
+    # the pairs without their segment ids (all 0), as that model reads every sequence.
+    eval_without_token_types: bool = False
 
     def eval_batches(self) -> Iterator[dict]:
         """The same held-out batches every time (a fresh, unshuffled iterator)."""
         iterator = iter(self.make_eval_loader())
         for _ in range(self.eval_batches_count):
             try:
-                yield next(iterator)
+                batch = next(iterator)
             except StopIteration:
                 return
+            if self.eval_without_token_types:
+                batch = dict(batch, token_type_ids=np.zeros_like(batch["token_type_ids"]))
+            yield batch
 
 
 def _tokenizer(config, workdir: paths.PathLike, documents) -> BertTokenizer:
@@ -114,6 +120,32 @@ def masking_options(config) -> dict:
     return options
 
 
+EVAL_MODES = ("nsp", "full_sentences")
+
+
+def eval_overrides(config) -> dict:
+    """How the evaluation batches of a text source differ from training's (`config.data.eval_masked_lm_prob`,
+    `eval_max_predictions`, `eval_mode`; 0 / "" keep training's), checked, as text-loader keyword arguments."""
+    d = config.data
+    prob, positions, mode = d.get("eval_masked_lm_prob", 0.0), d.get("eval_max_predictions", 0), d.get("eval_mode", "")
+    if not isinstance(prob, (int, float)) or isinstance(prob, bool) or not 0.0 <= prob < 1.0:
+        raise ValueError(f"config.data.eval_masked_lm_prob must be in [0, 1) (0: training's rate), got {prob!r}")
+    if not isinstance(positions, int) or isinstance(positions, bool) or positions < 0:
+        raise ValueError(f"config.data.eval_max_predictions must be an integer >= 0 (0: training's), got {positions!r}")
+    if mode not in ("",) + EVAL_MODES:
+        raise ValueError(f"config.data.eval_mode must be '' (the objective's) or one of {EVAL_MODES}, got {mode!r}")
+    if mode == "full_sentences" and config.objective == "mlm_nsp":
+        raise ValueError("config.data.eval_mode='full_sentences' has no next-sentence labels for objective 'mlm_nsp'")
+    overrides = {}
+    if prob:
+        overrides["masked_lm_prob"] = prob
+    if positions:
+        overrides["max_predictions"] = positions
+    if mode:
+        overrides["mode"] = mode
+    return overrides
+
+
 def build_pretraining_data(config, workdir: paths.PathLike) -> PretrainingData:
     d = config.data
     masking = masking_options(config)
@@ -130,7 +162,8 @@ def build_pretraining_data(config, workdir: paths.PathLike) -> PretrainingData:
                        mode=mode, dupe_factor=d.dupe_factor, short_seq_prob=d.short_seq_prob,
                        dynamic_masking=d.dynamic_masking, **masking)
         train = pipeline.make_text_mlm_loader(train_docs, tokenizer, **text_kw, **common)
-        make_eval = lambda: pipeline.make_text_mlm_loader(eval_docs, tokenizer, **text_kw, **dict(
+        eval_kw = dict(text_kw, **eval_overrides(config))
+        make_eval = lambda: pipeline.make_text_mlm_loader(eval_docs, tokenizer, **eval_kw, **dict(
             common, seed=config.seed + 1), shuffle=False)
     elif d.source.startswith("array_record:"):
         masker = None
@@ -144,6 +177,9 @@ def build_pretraining_data(config, workdir: paths.PathLike) -> PretrainingData:
                                                   **masking)
         else:
             _check_static_masking(d.source[len("array_record:"):], masking)
+        if eval_overrides(config):
+            raise ValueError(f"config.data.eval_masked_lm_prob / eval_max_predictions / eval_mode apply to text sources; "
+                             f"{d.source!r} evaluates on its shards' own masks (set them to 0 / '')")
         train = pipeline.make_pretraining_loader(d.source[len("array_record:"):], masker=masker, **common)
         eval_source = d.eval_source or d.source[len("array_record:"):]
         # Eval reads the shards' own masks: the same examples, masked the same way, at every evaluation.
@@ -156,7 +192,9 @@ def build_pretraining_data(config, workdir: paths.PathLike) -> PretrainingData:
         vocab_size, pad = tokenizer.vocab_size, tokenizer.pad_token_id
     else:
         vocab_size, pad = (config.model.vocab_size or 30522), 0
-    return PretrainingData(train, make_eval, d.eval_batches, tokenizer, vocab_size, pad)
+    pairs_without_types = documents is not None and eval_kw.get("mode") == "nsp" and \
+        config.model.get("type_vocab_size", 2) == 0
+    return PretrainingData(train, make_eval, d.eval_batches, tokenizer, vocab_size, pad, pairs_without_types)
 
 
 def _check_static_masking(source: str, masking: dict) -> None:

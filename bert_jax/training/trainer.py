@@ -119,6 +119,7 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
     if config.objective == "electra":
         electra_options(config)
     training_data.masking_options(config)
+    training_data.eval_overrides(config)
     if config.checkpoint_every <= 0:
         raise ValueError(f"config.checkpoint_every must be > 0, got {config.checkpoint_every}")
     if config.get("best_metric") and not config.eval_every:
