@@ -303,7 +303,8 @@ def train(config, workdir: paths.PathLike, task: LoopTask, built: Built, ckpt: c
     preemption = Preemption(config.get("preemption_check_every", 10))
     budget = float(config.get("train_seconds", 0.0) or 0.0)
     clock = TrainingClock(task.resumed_train_seconds if start_step else 0.0) if budget > 0 else None
-    budget_spent = clock is not None and clock.seconds() >= budget and start_step < total
+    # Process 0's clock decides here too: every process must agree whether there is anything to train.
+    budget_spent = clock is not None and start_step < total and _agreed(clock.seconds() >= budget)
     if budget_spent:
         logger.info("the wall-clock budget of %.1f s was spent before step %d: nothing to train", budget, start_step)
     with sharding.activation_context(mesh, rules), preemption, progress:
