@@ -20,6 +20,7 @@ import abc
 import collections
 import dataclasses
 import logging
+import math
 import os
 import time
 from typing import Any, Callable, Dict, Optional, Tuple
@@ -324,7 +325,8 @@ def train(config, workdir: paths.PathLike, task: LoopTask, built: Built, ckpt: c
             stop = preemption.should_stop(done)  # the same on every process: they save and stop together
             # Every process must agree on the last step: process 0's clock decides for all of them, at the
             # preemption agreement's cadence (a collective every step would sync the host with the devices).
-            over_budget = (clock is not None and (jax.process_count() == 1 or done % preemption.check_every == 0)
+            over_budget = (clock is not None and math.isfinite(budget)  # inf: the clock is only logged
+                           and (jax.process_count() == 1 or done % preemption.check_every == 0)
                            and _agreed(clock.seconds() >= budget))
             is_last = done == total or over_budget
             is_log = done % config.log_every == 0 or is_last
