@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -59,3 +60,26 @@ def write_text_corpus(directory, words, vocab_size: int, words_per_sentence=(5, 
     vocab_dir = directory / "vocab"
     train_wordpiece([str(path)], vocab_size=vocab_size).save(str(vocab_dir))
     return str(path), str(vocab_dir)
+
+
+def finish_processes(procs, logs_dir, tag, timeout=240) -> list:
+    """Waits for the processes of one multi-process run, [(Popen, open log file)] with logs at
+    `logs_dir/{tag}_{process}.log` (killing all past `timeout`: a hang is a failure, not a stuck test); returns
+    their logs. Fails unless all exited with status 0."""
+    deadline, hung = time.time() + timeout, False
+    for proc, _ in procs:
+        try:
+            proc.wait(timeout=max(1.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            hung = True
+    for proc, log in procs:
+        if proc.poll() is None:
+            proc.kill()  # SIGKILL, never SIGTERM: that would be another preemption notice
+            proc.wait()
+        log.close()
+    logs = [(logs_dir / f"{tag}_{pid}.log").read_text() for pid in range(len(procs))]
+    codes = [proc.returncode for proc, _ in procs]
+    detail = "\n".join(f"--- process {pid}:\n{log[-3000:]}" for pid, log in enumerate(logs))
+    assert not hung, f"{tag}: hung for {timeout} s (return codes {codes})\n{detail}"
+    assert codes == [0] * len(procs), f"{tag}: return codes {codes}\n{detail}"
+    return logs

@@ -11,11 +11,10 @@ import re
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
-from tests.conftest import write_text_corpus
+from tests.conftest import finish_processes, write_text_corpus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "budget_worker.py")
@@ -65,23 +64,7 @@ def _run_two_processes(args, logs_dir, tag, skewed_clock, timeout=240) -> list:
         log = open(logs_dir / f"{tag}_{pid}.log", "w")
         procs.append((subprocess.Popen([sys.executable, WORKER, *args], cwd=ROOT, env=env, stdout=log,
                                        stderr=subprocess.STDOUT), log))
-    deadline, hung = time.time() + timeout, False
-    for proc, _ in procs:
-        try:
-            proc.wait(timeout=max(1.0, deadline - time.time()))
-        except subprocess.TimeoutExpired:
-            hung = True
-    for proc, log in procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
-    logs = [(logs_dir / f"{tag}_{pid}.log").read_text() for pid in range(2)]
-    codes = [proc.returncode for proc, _ in procs]
-    detail = "\n".join(f"--- process {pid}:\n{log[-3000:]}" for pid, log in enumerate(logs))
-    assert not hung, f"{tag}: hung for {timeout} s (return codes {codes})\n{detail}"
-    assert codes == [0, 0], f"{tag}: return codes {codes}\n{detail}"
-    return logs
+    return finish_processes(procs, logs_dir, tag, timeout)
 
 
 def _stop_step(logs) -> int:

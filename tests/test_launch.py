@@ -16,6 +16,8 @@ import time
 
 import pytest
 
+from tests.conftest import finish_processes
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(ROOT, "launch")
 # Child processes: CPU only, no inherited device count, and LLVM -O0 (compiles these tiny steps ~3x faster).
@@ -273,28 +275,6 @@ def _start_two_processes(workdir, logs_dir, tag):
     return procs
 
 
-def _finish(procs, logs_dir, tag, timeout=240) -> list:
-    """Waits for both processes (killing both past `timeout`: a hang is a failure, not a stuck test);
-    returns their logs. Fails unless both exited with status 0."""
-    deadline, hung = time.time() + timeout, False
-    for proc, _ in procs:
-        try:
-            proc.wait(timeout=max(1.0, deadline - time.time()))
-        except subprocess.TimeoutExpired:
-            hung = True
-    for proc, log in procs:
-        if proc.poll() is None:
-            proc.kill()  # SIGKILL, never SIGTERM: that would be another preemption notice
-            proc.wait()
-        log.close()
-    logs = [(logs_dir / f"{tag}_{pid}.log").read_text() for pid in range(2)]
-    codes = [proc.returncode for proc, _ in procs]
-    detail = "\n".join(f"--- process {pid}:\n{log[-3000:]}" for pid, log in enumerate(logs))
-    assert not hung, f"{tag}: hung for {timeout} s (return codes {codes})\n{detail}"
-    assert codes == [0, 0], f"{tag}: return codes {codes}\n{detail}"
-    return logs
-
-
 def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(tmp_path):
     """Only process 1 gets SIGTERM; both save the same step, exit 0, and a rerun resumes from there.
     (Before the processes agreed, process 1 went into the save alone and both hung.)"""
@@ -304,11 +284,11 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(tmp_path):
     deadline = time.time() + 240
     while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):
         if time.time() > deadline or any(p.poll() is not None for p, _ in procs):
-            _finish(procs, tmp_path, "preempted", timeout=1)  # fails with both logs
+            finish_processes(procs, tmp_path, "preempted", timeout=1)  # fails with both logs
             pytest.fail("the run ended before step 3")
         time.sleep(0.1)
     procs[1][0].send_signal(signal.SIGTERM)
-    logs = _finish(procs, tmp_path, "preempted")
+    logs = finish_processes(procs, tmp_path, "preempted")
     assert "SIGTERM received on process 1" in logs[1] and "SIGTERM received" not in logs[0]
     stops = [re.findall(r"all processes stop and save after step (\d+)", log) for log in logs]
     assert len(stops[0]) == len(stops[1]) == 1 and stops[0] == stops[1], stops
@@ -319,7 +299,7 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(tmp_path):
         assert json.load(f)["preempted"] is True
     assert sorted(os.listdir(workdir / "checkpoints")) == [str(step)]
 
-    logs = _finish(_start_two_processes(workdir, tmp_path, "resumed"), tmp_path, "resumed")
+    logs = finish_processes(_start_two_processes(workdir, tmp_path, "resumed"), tmp_path, "resumed")
     for log in logs:
         assert f"resumed from step {step} in" in log, log[-3000:]
         assert _final_metrics(log)["step"] == 30
