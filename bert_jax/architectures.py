@@ -8,7 +8,10 @@ BERT-named keys `bert_jax.hf` maps onto params (`roberta.` <-> `bert.`, `lm_head
 `cls.predictions.transform.LayerNorm`, ...; `{i}` in a rename stands for a layer index), fused
 projections split at load and joined at save (ModernBERT's `Wqkv` = query|key|value and `Wi` =
 activated|linear branch, concatenated on the output axis), and which transformers class each bert_jax
-class is written as. `config.model_type` picks the family.
+class is written as. `config.model_type` picks the family. Sequence classification has each family's
+head (`Family.classifier_head` -> `BertConfig.classifier_head`): BERT's pooler + classifier, RoBERTa's
+dense + tanh + out_proj on the first token (`classifier.dense` / `classifier.out_proj`, no pooler),
+ELECTRA's the same with GELU.
 
 A config whose switches no transformers class of its `model_type` can represent (RMSNorm with
 model_type "bert", a gated MLP, no biases, ALiBi, a sliding window outside ModernBERT, ...) raises
@@ -38,8 +41,8 @@ import flax.linen as nn
 import numpy as np
 
 from bert_jax.config import ARCHITECTURE_FIELDS, BertConfig
-from bert_jax.modeling import (MODEL_CLASSES, BertForMaskedLM, BertForQuestionAnswering, BertForTokenClassification,
-                               BertModel)
+from bert_jax.modeling import (MODEL_CLASSES, BertForMaskedLM, BertForQuestionAnswering,
+                               BertForSequenceClassification, BertForTokenClassification, BertModel)
 from bert_jax.modeling.rtd import BertForReplacedTokenDetection
 
 logger = logging.getLogger(__name__)
@@ -63,6 +66,8 @@ class Family:
     position_types: Tuple[str, ...] = ("absolute", "relative_key", "relative_key_query")
     # Rewrites the config.json dict bert_jax writes into the one transformers' config class reads.
     export: Optional[Callable[[BertConfig, Dict[str, Any]], Dict[str, Any]]] = None
+    # BertConfig.classifier_head of its ForSequenceClassification class (set on load, checked on export).
+    classifier_head: str = "pooler"
 
 
 _ROBERTA_LM_HEAD = (("cls.predictions.transform.dense.", "lm_head.dense."),
@@ -73,10 +78,11 @@ _ROBERTA_LM_HEAD = (("cls.predictions.transform.dense.", "lm_head.dense."),
 
 def _classes(name: str, **extra: type) -> Dict[type, str]:
     """bert_jax class -> transformers class name for the heads every family shares with BERT (the same
-    modules: token classification's dropout + `classifier`, QA's `qa_outputs`). Sequence
-    classification is not among them: RoBERTa's and ELECTRA's heads are dense + tanh/gelu + out_proj
-    on the first token, not BERT's pooler + classifier."""
+    modules: token classification's dropout + `classifier`, QA's `qa_outputs`) and sequence
+    classification, whose head is the family's `classifier_head` (RoBERTa's and ELECTRA's: dense +
+    tanh / GELU + out_proj on the first token, not BERT's pooler + classifier)."""
     return {BertModel: f"{name}Model", BertForMaskedLM: f"{name}ForMaskedLM",
+            BertForSequenceClassification: f"{name}ForSequenceClassification",
             BertForTokenClassification: f"{name}ForTokenClassification",
             BertForQuestionAnswering: f"{name}ForQuestionAnswering", **{v: k for k, v in extra.items()}}
 
@@ -186,12 +192,12 @@ _MODERN_LAYER = "model.layers.{i}."
 FAMILIES: Dict[str, Family] = {
     "bert": Family("bert", "BERT", "bert", (), {cls: name for name, cls in MODEL_CLASSES.items()}, lambda hf: {}),
     "roberta": Family("roberta", "RoBERTa", "roberta", _ROBERTA_LM_HEAD,
-                      _classes("Roberta"), _roberta_implied),
+                      _classes("Roberta"), _roberta_implied, classifier_head="roberta"),
     "roberta-prelayernorm": Family(
         "roberta-prelayernorm", "RoBERTa-PreLayerNorm", "roberta_prelayernorm",
         (("bert.encoder.final_norm.", "roberta_prelayernorm.LayerNorm."),) + _ROBERTA_LM_HEAD,
         _classes("RobertaPreLayerNorm"),
-        lambda hf: {**_roberta_implied(hf), "norm_position": "pre"}),
+        lambda hf: {**_roberta_implied(hf), "norm_position": "pre"}, classifier_head="roberta"),
     "electra": Family(
         "electra", "ELECTRA", "electra",
         (("cls.predictions.transform.dense.", "generator_predictions.dense."),
@@ -201,7 +207,7 @@ FAMILIES: Dict[str, Family] = {
          ("cls.predictions.bias", "generator_lm_head.bias")),
         _classes("Electra", ElectraForPreTraining=BertForReplacedTokenDetection),
         lambda hf: {"mlm_head_act": "gelu", "embedding_size": hf.get("embedding_size", 128)},
-        free=frozenset({"embedding_size"}), has_pooler=False),
+        free=frozenset({"embedding_size"}), has_pooler=False, classifier_head="electra"),
     "nomic_bert": Family(
         "nomic_bert", "NomicBERT", "nomic_bert",
         # What transformers 5 writes (nomic-ai's original names; its conversion mapping renames them at
@@ -265,7 +271,8 @@ HF_CLASS_NAMES: Dict[str, type] = {name: cls for family in FAMILIES.values() for
 def family_config_defaults(model_type: str, hf_config: Mapping[str, Any]) -> Dict[str, Any]:
     """The BertConfig fields `model_type`'s architecture implies, read off its config.json dict
     (explicit keys of the dict override them in `BertConfig.from_hf`)."""
-    return {"model_type": model_type, **FAMILIES[model_type].implied(hf_config)}
+    family = FAMILIES[model_type]
+    return {"model_type": model_type, "classifier_head": family.classifier_head, **family.implied(hf_config)}
 
 
 def resolve_model_class(model_class: Union[str, Type[nn.Module]]) -> Union[str, Type[nn.Module]]:
@@ -276,10 +283,11 @@ def resolve_model_class(model_class: Union[str, Type[nn.Module]]) -> Union[str, 
 
 # ------------------------------------------------------------------------------------------------ export
 def _expected(config: BertConfig, family: Family) -> Dict[str, Any]:
-    """Each architecture field's value the family can write: the implied one, else BERT's default."""
+    """Each architecture field's value the family can write: the implied one, else BERT's default
+    (`classifier_head` aside: only the sequence classifier has that head, see `check_representable`)."""
     defaults = {f.name: f.default for f in dataclasses.fields(BertConfig)}
     implied = family.implied(config.to_hf())
-    return {name: implied.get(name, defaults[name]) for name in ARCHITECTURE_FIELDS - family.free}
+    return {name: implied.get(name, defaults[name]) for name in ARCHITECTURE_FIELDS - family.free - {"classifier_head"}}
 
 
 def check_representable(config: BertConfig, model: Optional[nn.Module] = None) -> None:
@@ -310,6 +318,11 @@ def check_representable(config: BertConfig, model: Optional[nn.Module] = None) -
     if model is not None and type(model) not in family.classes:
         raise ValueError(f"{type(model).__name__} cannot be written as {where}: its classes here are "
                          f"{sorted(family.classes.values())}")
+    if isinstance(model, BertForSequenceClassification) and config.classifier_head != family.classifier_head:
+        raise ValueError(f"BertConfig.classifier_head={config.classifier_head!r} cannot be written as {where}, whose "
+                         f"{family.classes[type(model)]} has the head classifier_head={family.classifier_head!r}: no "
+                         f"transformers class of that model_type has this head (keep such models in bert_jax's own "
+                         f"checkpoints)")
 
 
 def hf_config(config: BertConfig, model: nn.Module) -> dict:

@@ -35,6 +35,10 @@ NORM_TYPES = ("layernorm", "rmsnorm")
 MLP_TYPES = ("dense", "geglu", "swiglu")
 # The activation a gated MLP applies to its gate branch must be of its family (geglu: a GELU, swiglu: SiLU).
 GATED_ACTIVATIONS = {"geglu": ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast"), "swiglu": ("silu", "swish")}
+# The sequence classifier's head: "pooler" (BERT: tanh(dense(h[CLS])) -> dropout -> classifier),
+# "roberta" (RoBERTa / RoBERTa-PreLayerNorm: h[CLS] -> dropout -> dense -> tanh -> dropout -> out_proj, no
+# pooler), "electra" (the same with GELU instead of tanh).
+CLASSIFIER_HEADS = ("pooler", "roberta", "electra")
 
 # Keys HF writes into config.json that describe the checkpoint or generation, not the model.
 _HF_BOOKKEEPING_KEYS = frozenset({
@@ -58,7 +62,9 @@ class BertConfig:
     (`bert_jax.architectures`). Positions may act inside attention instead of as a learned table
     (`position_embedding_type` "rotary" with `rope_theta` / `local_rope_theta`, "alibi", "none"), and
     layers may attend in a sliding window (`local_attention_window`, global every
-    `global_attn_every_n_layers` layers from layer 0).
+    `global_attn_every_n_layers` layers from layer 0). `classifier_head` picks the sequence classifier's
+    head: BERT's pooler + classifier, or RoBERTa's / ELECTRA's dense + tanh / GELU + out_proj on the
+    first token (no pooler).
 
     Dict-valued fields (`id2label`, `label2id`) are stored as `FrozenDict` so the config stays
     hashable (Flax modules and `jax.jit` static arguments need that).
@@ -102,6 +108,8 @@ class BertConfig:
     skip_padding_positions: bool = False  # positions count only non-pad tokens; pads get position_offset - 1
     mlm_head_act: Optional[str] = None  # activation of the MLM head transform (None: hidden_act)
     mlm_head_bias: bool = True  # bias of the MLM head transform's dense (ModernBERT: classifier_bias=False)
+    # BertForSequenceClassification's head (CLASSIFIER_HEADS); loading a RoBERTa / ELECTRA checkpoint sets its own.
+    classifier_head: str = "pooler"
     # Positions: position_embedding_type "rotary" rotates queries and keys by their position_ids (RoPE,
     # rotate-half convention); "alibi" adds -slope_h * |pos_q - pos_k| to the scores; "none" uses no positions.
     rope_theta: float = 10000.0  # RoPE base of global layers
@@ -201,6 +209,7 @@ class BertConfig:
         _check_choice("norm_position", self.norm_position, NORM_POSITIONS)
         _check_choice("norm_type", self.norm_type, NORM_TYPES)
         _check_choice("mlp_type", self.mlp_type, MLP_TYPES)
+        _check_choice("classifier_head", self.classifier_head, CLASSIFIER_HEADS)
         if self.mlm_head_act is not None:
             _check_choice("mlm_head_act", self.mlm_head_act, ACTIVATIONS)
         if self.mlp_type in GATED_ACTIVATIONS and self.hidden_act not in GATED_ACTIVATIONS[self.mlp_type]:
@@ -362,7 +371,7 @@ _JAX_FIELDS = frozenset({"dtype", "param_dtype", "attention_impl", "remat_policy
 ARCHITECTURE_FIELDS = frozenset({
     "norm_position", "norm_type", "attention_bias", "mlp_bias", "norm_bias", "decoder_bias", "mlp_type",
     "embedding_norm", "embedding_size", "position_offset", "skip_padding_positions", "mlm_head_act", "mlm_head_bias",
-    "rope_theta", "local_rope_theta", "local_attention_window", "global_attn_every_n_layers",
+    "classifier_head", "rope_theta", "local_rope_theta", "local_attention_window", "global_attn_every_n_layers",
     "first_layer_attention_norm"})
 _BOOL_FIELDS = ("is_decoder", "add_cross_attention", "use_cache", "tie_word_embeddings", "scan_layers",
                 "attention_bias", "mlp_bias", "norm_bias", "decoder_bias", "embedding_norm", "skip_padding_positions",

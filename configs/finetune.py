@@ -17,10 +17,12 @@ import pretrain  # noqa: E402  (configs/ is not a package; configs are plain fil
 from bert_jax.config_args import Arg, parse  # noqa: E402,F401  (re-exported for the task configs)
 
 RUNLOCAL = Arg(bool, False, None, "shrink to a CPU-sized smoke run")
-# BertConfig fields a fine-tuning run may override on top of its checkpoint's: regularisation and the
-# JAX-side fields that describe this run's hardware, not the checkpoint.
+# BertConfig fields a fine-tuning run may override on top of its checkpoint's: regularisation, the sequence
+# classifier's head (the checkpoint's model_type picks it: pooler / roberta / electra) and the JAX-side
+# fields that describe this run's hardware, not the checkpoint.
 MODEL_OVERRIDES = {"hidden_dropout_prob": float, "attention_probs_dropout_prob": float, "classifier_dropout": float,
-                   "dtype": str, "param_dtype": str, "attention_impl": str, "remat_policy": str, "scan_layers": bool}
+                   "classifier_head": str, "dtype": str, "param_dtype": str, "attention_impl": str,
+                   "remat_policy": str, "scan_layers": bool}
 DATA_DIR = Arg(str, "", None, "the task's files in their original format (empty: tfds prepared locally)")
 
 

@@ -54,7 +54,7 @@ ARGS = {
 # BertConfig fields that are not experiment switches: labels and heads of fine-tuning, decoder-only
 # switches, and pad_token_id (the tokenizer's, set by the trainer). Every other field is a `c.model` key.
 NOT_MODEL_SWITCHES = ("pad_token_id", "is_decoder", "add_cross_attention", "use_cache", "classifier_dropout",
-                      "num_labels", "id2label", "label2id", "problem_type")
+                      "classifier_head", "num_labels", "id2label", "label2id", "problem_type")
 
 
 def all_model_fields() -> ml_collections.ConfigDict:

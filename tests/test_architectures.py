@@ -3,7 +3,9 @@
 - RoBERTa, RoBERTa-PreLayerNorm and ELECTRA (transformers 5, PyTorch): `load_hf_checkpoint` on a
   `save_pretrained` directory of a tiny random model, then hidden states, attentions, logits and the
   loss against transformers' on a batch with padding (fp32, 1e-5); `save_hf_checkpoint` writes a
-  directory transformers loads with no missing/unexpected keys and the same tensors.
+  directory transformers loads with no missing/unexpected keys, the same tensors and the same outputs.
+  Sequence classification too, with each family's head (`classifier_head`: RoBERTa's dense + tanh +
+  out_proj, ELECTRA's with GELU), single-label, multi-label and regression.
 - RMSNorm, gated MLPs (GeGLU/SwiGLU) and the bias switches, which no transformers class combines with
   BERT: against an independent NumPy forward pass of a one-layer model from the formulas.
 - Configurations no transformers class represents: a clear error on export.
@@ -34,10 +36,11 @@ TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_he
 BATCH, SEQ = 3, 9
 
 
-def _inputs(pad_token_id: int, head: str = "mlm", seed: int = 0) -> dict:
+def _inputs(pad_token_id: int, head: str = "mlm", seed: int = 0, num_labels: int = 3) -> dict:
     """ids [B, L] with a right-padded row and a row with a pad token in the middle (RoBERTa's
     positions skip it: its position ids differ from 0..L-1 there), mask, and the labels of `head`
-    (mlm, rtd, token, qa; none for a bare encoder)."""
+    (mlm, rtd, token, qa; single, multi, regression for sequence classification into `num_labels`;
+    none for a bare encoder)."""
     rs = np.random.RandomState(seed)
     ids = rs.randint(3, TINY["vocab_size"], (BATCH, SEQ))
     mask = np.ones((BATCH, SEQ), np.int64)
@@ -53,6 +56,12 @@ def _inputs(pad_token_id: int, head: str = "mlm", seed: int = 0) -> dict:
         out.update(start_positions=np.array([2, 4, 100]), end_positions=np.array([5, 3, 7]))
     elif head == "mlm":
         out["labels"] = np.where((rs.rand(BATCH, SEQ) < 0.4) & (mask == 1), ids, -100)
+    elif head == "single":
+        out["labels"] = rs.randint(0, num_labels, (BATCH,))
+    elif head == "multi":
+        out["labels"] = (rs.rand(BATCH, num_labels) < 0.5).astype(np.float32)
+    elif head == "regression":
+        out["labels"] = rs.randn(BATCH).astype(np.float32)
     return out
 
 
@@ -62,8 +71,9 @@ def _reference(hf_class: str, hf_config, path, inputs: dict) -> dict:
     model = getattr(transformers, hf_class)(hf_config).eval()
     with torch.no_grad():  # random init leaves LayerNorms at 1/0: perturb them so the norms are exercised
         for name, p in model.named_parameters():
-            # Every norm ("LayerNorm", "layer_norm", ModernBERT's "attn_norm"/"final_norm", NomicBERT's "emb_ln"...).
-            if "norm" in name.lower() or "emb_ln" in name or name.endswith(".bias"):
+            # Every norm ("LayerNorm", "layer_norm", ModernBERT's "attn_norm"/"final_norm", NomicBERT's "emb_ln"...);
+            # the classifier too, so that its activation (tanh / GELU) acts on values far from 0 and logits are O(1).
+            if "norm" in name.lower() or "emb_ln" in name or name.endswith(".bias") or name.startswith("classifier."):
                 p.add_(0.1 * torch.randn_like(p))
         if not hf_config.tie_word_embeddings and hasattr(model, "lm_head"):
             # Untied, RoBERTa's decoder uses lm_head.decoder.bias and never lm_head.bias; bert_jax keeps the
@@ -95,8 +105,10 @@ def _max_diff(ours: dict, ref: dict) -> float:
     return worst
 
 
-def _assert_export_round_trips(tmp_path, config, params, our_class, hf_class, reference_model):
-    """save_hf_checkpoint -> transformers' from_pretrained: no missing/unexpected keys, same tensors."""
+def _assert_export_round_trips(tmp_path, config, params, our_class, hf_class, reference_model, inputs=None,
+                               ref=None):
+    """save_hf_checkpoint -> transformers' from_pretrained: no missing/unexpected keys, same tensors, and
+    (given `inputs` and `ref`, the reference model's outputs on them) the same logits and loss."""
     out = tmp_path / "exported"
     save_hf_checkpoint(out, config, params, our_class)
     loaded, info = getattr(transformers, hf_class).from_pretrained(out, output_loading_info=True)
@@ -106,6 +118,10 @@ def _assert_export_round_trips(tmp_path, config, params, our_class, hf_class, re
     assert set(want) == set(got)
     for key in want:
         np.testing.assert_array_equal(got[key].numpy(), want[key].numpy(), err_msg=key)
+    if inputs is not None:
+        with torch.no_grad():
+            again = flatten_outputs(loaded.eval()(**{k: torch.tensor(v) for k, v in inputs.items()}))
+        _max_diff(again, {k: ref[k] for k in again})
 
 
 def _roberta_config(kind: str, **kw):
@@ -138,21 +154,46 @@ PARITY = {
     "electra_qa": ("ElectraForQuestionAnswering", lambda: transformers.ElectraConfig(
         **TINY, embedding_size=16, max_position_embeddings=64), "BertForQuestionAnswering"),
 }
+# Sequence classification: each family's head (classifier_head roberta / electra) for every problem type.
+_SEQ_FAMILIES = {
+    "roberta": ("RobertaForSequenceClassification", lambda **kw: _roberta_config("roberta", **kw)),
+    "roberta_prelayernorm": ("RobertaPreLayerNormForSequenceClassification", lambda **kw: _roberta_config("pre", **kw)),
+    "electra": ("ElectraForSequenceClassification", lambda **kw: transformers.ElectraConfig(
+        **TINY, embedding_size=16, max_position_embeddings=64, **kw)),
+}
+_SEQ_PROBLEMS = {"single": dict(num_labels=3), "multi": dict(num_labels=3, problem_type="multi_label_classification"),
+                 "regression": dict(num_labels=1)}  # regression: inferred from num_labels=1, as transformers does
+PARITY.update({f"{family}_sequence_{problem}": (hf_class, lambda make=make, kw=kw: make(**kw),
+                                                "BertForSequenceClassification")
+               for family, (hf_class, make) in _SEQ_FAMILIES.items() for problem, kw in _SEQ_PROBLEMS.items()})
+# ELECTRA's head applies GELU whatever the encoder's hidden_act.
+PARITY["electra_sequence_relu_encoder"] = ("ElectraForSequenceClassification", lambda: transformers.ElectraConfig(
+    **{**TINY, "hidden_act": "relu"}, embedding_size=32, max_position_embeddings=64, num_labels=2),
+    "BertForSequenceClassification")
 HEAD_INPUTS = {"BertModel": "none", "BertForReplacedTokenDetection": "rtd", "BertForTokenClassification": "token",
                "BertForQuestionAnswering": "qa", "BertForMaskedLM": "mlm"}
+
+
+def _head_inputs(our_class: str, hf_config) -> str:
+    """The labels `_inputs` makes for `our_class` (sequence classification: by the config's problem)."""
+    if our_class != "BertForSequenceClassification":
+        return HEAD_INPUTS[our_class]
+    if hf_config.num_labels == 1:
+        return "regression"
+    return "multi" if hf_config.problem_type == "multi_label_classification" else "single"
 
 
 @pytest.mark.parametrize("name", sorted(PARITY))
 def test_matches_transformers_and_exports(name, tmp_path):
     hf_class, make_config, our_class = PARITY[name]
     hf_config = make_config()
-    inputs = _inputs(hf_config.pad_token_id, HEAD_INPUTS[our_class])
+    inputs = _inputs(hf_config.pad_token_id, _head_inputs(our_class, hf_config), num_labels=hf_config.num_labels)
     ref, ref_model = _reference(hf_class, hf_config, tmp_path / "hf", inputs)
     assert ("loss" in ref) != hf_class.endswith("Model")
     ours, config, params = _ours(tmp_path / "hf", our_class, inputs)
     worst = _max_diff(ours, ref)
     logging.getLogger(__name__).info("%s: max abs diff %.3g over %s", name, worst, sorted(ref))
-    _assert_export_round_trips(tmp_path, config, params, our_class, hf_class, ref_model)
+    _assert_export_round_trips(tmp_path, config, params, our_class, hf_class, ref_model, inputs, ref)
 
 
 def test_switches_read_from_the_architectures_config(tmp_path):
@@ -160,11 +201,14 @@ def test_switches_read_from_the_architectures_config(tmp_path):
     _roberta_config("pre").save_pretrained(tmp_path / "pre")
     config = BertConfig.from_hf(tmp_path / "pre")
     assert (config.model_type, config.norm_position, config.position_offset, config.skip_padding_positions,
-            config.mlm_head_act, config.type_vocab_size) == ("roberta-prelayernorm", "pre", 2, True, "gelu", 1)
+            config.mlm_head_act, config.type_vocab_size, config.classifier_head) == (
+        "roberta-prelayernorm", "pre", 2, True, "gelu", 1, "roberta")
     transformers.ElectraConfig(**TINY, embedding_size=16).save_pretrained(tmp_path / "electra")
     config = BertConfig.from_hf(tmp_path / "electra")
-    assert (config.model_type, config.embedding_size, config.norm_position, config.skip_padding_positions) == (
-        "electra", 16, "post", False)
+    assert (config.model_type, config.embedding_size, config.norm_position, config.skip_padding_positions,
+            config.classifier_head) == ("electra", 16, "post", False, "electra")
+    transformers.BertConfig(**TINY).save_pretrained(tmp_path / "bert")
+    assert BertConfig.from_hf(tmp_path / "bert").classifier_head == "pooler"
 
 
 def test_roberta_positions_skip_padding():
@@ -196,6 +240,13 @@ def test_wrong_model_type_for_the_tensors_names_it(tmp_path):
 
 
 # ------------------------------------------------------------------------------ export: unrepresentable
+# The switches each model_type implies, for configs built by hand (not read off a checkpoint).
+FAMILY_SWITCHES = {"bert": {}, "roberta": dict(pad_token_id=1, position_offset=2, skip_padding_positions=True,
+                                               mlm_head_act="gelu", type_vocab_size=1, classifier_head="roberta"),
+                   "electra": dict(mlm_head_act="gelu", embedding_size=16, classifier_head="electra")}
+FAMILY_SWITCHES["roberta-prelayernorm"] = {**FAMILY_SWITCHES["roberta"], "norm_position": "pre"}
+
+
 @pytest.mark.parametrize("model_type, change, field", [
     ("bert", {"norm_type": "rmsnorm"}, "norm_type"),
     ("bert", {"norm_position": "pre"}, "norm_position"),
@@ -212,11 +263,7 @@ def test_wrong_model_type_for_the_tensors_names_it(tmp_path):
     ("electra", {"norm_bias": False}, "norm_bias"),
 ])
 def test_unrepresentable_config_is_refused_on_export(model_type, change, field, tmp_path):
-    base = {"bert": {}, "roberta": dict(pad_token_id=1, position_offset=2, skip_padding_positions=True,
-                                        mlm_head_act="gelu", type_vocab_size=1),
-            "electra": dict(mlm_head_act="gelu", embedding_size=16)}
-    base["roberta-prelayernorm"] = {**base["roberta"], "norm_position": "pre"}
-    config = BertConfig(**{**TINY, **base[model_type], "model_type": model_type, **change})
+    config = BertConfig(**{**TINY, **FAMILY_SWITCHES[model_type], "model_type": model_type, **change})
     params = bert_jax.init_params(bert_jax.BertForMaskedLM(config))
     with pytest.raises(ValueError, match=rf"BertConfig\.{field}=.* cannot be written as a transformers .*"
                                          rf"model_type='{model_type}'"):
@@ -224,12 +271,28 @@ def test_unrepresentable_config_is_refused_on_export(model_type, change, field, 
     assert not (tmp_path / "out").exists()  # refused before anything is written
 
 
-def test_head_without_counterpart_is_refused_on_export(tmp_path):
-    config = BertConfig(**TINY, model_type="roberta", pad_token_id=1, position_offset=2, skip_padding_positions=True,
-                        mlm_head_act="gelu")
-    params = bert_jax.init_params(bert_jax.BertForSequenceClassification(config))
-    with pytest.raises(ValueError, match=r"BertForSequenceClassification cannot be written as a transformers RoBERTa"):
-        save_hf_checkpoint(tmp_path, config, params, "BertForSequenceClassification")
+@pytest.mark.parametrize("model_type, head, model_class, error", [
+    ("roberta", "roberta", "BertForMultipleChoice", r"BertForMultipleChoice cannot be written as a transformers RoBERTa"),
+    # A sequence-classification head another model_type's class has (or none has: BERT's pooler on RoBERTa).
+    ("bert", "electra", "BertForSequenceClassification",
+     r"BertConfig\.classifier_head='electra' cannot be written as a transformers BERT checkpoint \(model_type='bert'\), "
+     r"whose BertForSequenceClassification has the head classifier_head='pooler'"),
+    ("bert", "roberta", "BertForSequenceClassification", r"BertConfig\.classifier_head='roberta' .*model_type='bert'"),
+    ("roberta", "pooler", "BertForSequenceClassification",
+     r"BertConfig\.classifier_head='pooler' .*model_type='roberta'.*RobertaForSequenceClassification"),
+    ("roberta-prelayernorm", "electra", "BertForSequenceClassification",
+     r"BertConfig\.classifier_head='electra' .*model_type='roberta-prelayernorm'"),
+    ("electra", "roberta", "BertForSequenceClassification", r"BertConfig\.classifier_head='roberta' .*model_type='electra'"),
+])
+def test_head_without_counterpart_is_refused_on_export(model_type, head, model_class, error, tmp_path):
+    config = BertConfig(**{**TINY, **FAMILY_SWITCHES[model_type], "model_type": model_type, "classifier_head": head})
+    params = bert_jax.init_params(build_model(model_class, config))
+    with pytest.raises(ValueError, match=error):
+        save_hf_checkpoint(tmp_path / "out", config, params, model_class)
+    assert not (tmp_path / "out").exists()
+    if model_class == "BertForSequenceClassification":
+        # Only the sequence classifier has that head: the encoder and the other heads still export.
+        save_hf_checkpoint(tmp_path / "encoder", config, bert_jax.init_params(bert_jax.BertModel(config)), "BertModel")
 
 
 def test_switches_round_trip_through_bert_jax_config_json():
@@ -261,6 +324,7 @@ def test_switches_round_trip_through_bert_jax_config_json():
     ({"first_layer_attention_norm": False}, "first_layer_attention_norm"),
     ({"first_layer_attention_norm": "no"}, "first_layer_attention_norm"), ({"mlm_head_bias": 0}, "mlm_head_bias"),
     ({"position_embedding_type": "rotary", "num_attention_heads": 32}, "position_embedding_type"),
+    ({"classifier_head": "xlnet"}, "classifier_head"), ({"classifier_head": None}, "classifier_head"),
 ])
 def test_bad_switch_values_name_the_field(change, field):
     with pytest.raises(ValueError, match=rf"BertConfig\.{field}"):
@@ -458,13 +522,17 @@ def test_analytic_param_count_follows_the_switches(name):
     assert non_embedding_params(cfg) == count_non_embedding_params(params)
 
 
-@pytest.mark.parametrize("name", ["cramming_like", "rmsnorm", "electra_discriminator", "scanned_pre_ln"])
+@pytest.mark.parametrize("name", ["cramming_like", "rmsnorm", "electra_discriminator", "scanned_pre_ln",
+                                  "roberta_classifier", "electra_classifier"])
 def test_logical_axis_names_on_every_switched_param(name):
     """New params (gated `up`, pre-LN and final norms, RMSNorm, embeddings_project, the discriminator
-    head) carry logical axis names, so the sharding rules place them; scanned ones gain `layers`."""
+    head, RoBERTa's / ELECTRA's classification head) carry logical axis names, so the sharding rules
+    place them; scanned ones gain `layers`."""
     import flax.linen as nn
     if name == "electra_discriminator":
         model = bert_jax.BertForReplacedTokenDetection(_switched_config("geglu", embedding_size=16))
+    elif name.endswith("_classifier"):
+        model = bert_jax.BertForSequenceClassification(_switched_config("geglu", classifier_head=name.split("_")[0]))
     elif name == "scanned_pre_ln":
         model = bert_jax.BertForMaskedLM(_switched_config("swiglu_pre", scan_layers=True))
     else:
@@ -476,6 +544,12 @@ def test_logical_axis_names_on_every_switched_param(name):
         assert len(leaf.names) == len(leaf.value.shape), jax.tree_util.keystr(path)
         if "layer" in jax.tree_util.keystr(path) and name == "scanned_pre_ln":
             assert leaf.names[0] == "layers", jax.tree_util.keystr(path)
+    if name.endswith("_classifier"):  # the pooler's and BERT's classifier's axes; no pooler
+        names = {jax.tree_util.keystr(p): leaf.names for p, leaf in leaves}
+        assert not any("pooler" in k for k in names)
+        for part in ("dense", "out_proj"):
+            assert names[f"['classifier']['{part}']['kernel']"] == ("embed", None)
+            assert names[f"['classifier']['{part}']['bias']"] == (None,)
 
 
 def test_roberta_inputs_embeds_positions_match_transformers(tmp_path):

@@ -77,8 +77,10 @@ def test_packed_equals_unpacked(packed):
     assert worst < 1e-5, worst
 
 
-def test_packed_sequence_classification_loss(packed):
-    config = bert_jax.BertConfig(**dict(cases.TINY, num_labels=3))
+@pytest.mark.parametrize("head", ["pooler", "roberta", "electra"])
+def test_packed_sequence_classification_loss(packed, head):
+    """One prediction per packed sequence, from its [CLS], whichever the classifier head."""
+    config = bert_jax.BertConfig(**dict(cases.TINY, num_labels=3, classifier_head=head))
     model = bert_jax.BertForSequenceClassification(config)
     params = bert_jax.init_params(model)
     out = jax.jit(model.apply)({"params": params}, packed["input_ids"], packed["attention_mask"],

@@ -364,10 +364,14 @@ class BertPooler(nn.Module):
     @nn.compact
     def __call__(self, hidden: Array, cls_positions: Optional[Array] = None) -> Array:
         cfg = self.config
-        if cls_positions is None:
-            first = hidden[:, 0]
-        else:
-            # Clamped: an out-of-range position (invalid data, see losses.invalid_counts) reads a real row, not NaN.
-            positions = jnp.clip(cls_positions.astype(jnp.int32), 0, hidden.shape[1] - 1)
-            first = jnp.take_along_axis(hidden, positions[..., None], axis=1)
-        return jnp.tanh(dense(cfg, cfg.hidden_size, ("embed", None), "dense")(first))
+        return jnp.tanh(dense(cfg, cfg.hidden_size, ("embed", None), "dense")(first_tokens(hidden, cls_positions)))
+
+
+def first_tokens(hidden: Array, cls_positions: Optional[Array] = None) -> Array:
+    """[B, L, H] -> the first token [B, H], or with `cls_positions` [B, S] (packed rows) each packed
+    sequence's first token [B, S, H]."""
+    if cls_positions is None:
+        return hidden[:, 0]
+    # Clamped: an out-of-range position (invalid data, see losses.invalid_counts) reads a real row, not NaN.
+    positions = jnp.clip(cls_positions.astype(jnp.int32), 0, hidden.shape[1] - 1)
+    return jnp.take_along_axis(hidden, positions[..., None], axis=1)

@@ -16,6 +16,7 @@ from bert_jax.config import BertConfig
 from bert_jax.modeling.dropout import Dropout
 from bert_jax.modeling import losses
 from bert_jax.modeling.common import ACT_FNS, dense, layer_norm, zeros_init
+from bert_jax.modeling.encoder import first_tokens
 from bert_jax.modeling.model import BertModel
 from bert_jax.modeling.outputs import (BertForPreTrainingOutput, CausalLMOutputWithCrossAttentions, MaskedLMOutput,
                                        MultipleChoiceModelOutput, NextSentencePredictorOutput,
@@ -133,6 +134,26 @@ def _classifier_dropout(config: BertConfig) -> Dropout:
     return Dropout(rate)
 
 
+class ClassificationHead(nn.Module):
+    """RoBERTa's and ELECTRA's sequence-classification head (`config.classifier_head` "roberta" /
+    "electra"), on the first token rather than BERT's pooler: dropout -> dense [H -> H] -> tanh
+    (RoBERTa) or exact GELU (ELECTRA) -> dropout -> out_proj [H -> num_labels]. Its params are
+    transformers' `classifier.dense` / `classifier.out_proj`."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, first: Array, deterministic: bool) -> Array:
+        """first [..., H] (the first token of each row or packed sequence) -> logits [..., num_labels]."""
+        cfg = self.config
+        act = ACT_FNS["tanh" if cfg.classifier_head == "roberta" else "gelu"]
+        drop = _classifier_dropout(cfg)
+        hidden = drop(first, deterministic=deterministic)
+        hidden = act(dense(cfg, cfg.hidden_size, ("embed", None), "dense")(hidden))
+        hidden = drop(hidden, deterministic=deterministic)
+        return dense(cfg, cfg.num_labels, ("embed", None), "out_proj")(hidden)
+
+
 class _BertTaskModel(nn.Module):
     """A task model: `bert` encoder + a head; subclasses set whether the pooler exists."""
 
@@ -248,7 +269,13 @@ class BertForNextSentencePrediction(_BertTaskModel):
 
 
 class BertForSequenceClassification(_BertTaskModel):
-    """Pooled output -> dropout -> classifier [B, num_labels]; loss by `config.problem_type`."""
+    """Pooled output -> dropout -> classifier [B, num_labels]; loss by `config.problem_type`. With
+    `config.classifier_head` "roberta" / "electra" there is no pooler: the first token goes through
+    `ClassificationHead` (transformers' RobertaClassificationHead / ElectraClassificationHead)."""
+
+    @property
+    def add_pooling_layer(self) -> bool:
+        return self.config.classifier_head == "pooler"
 
     @nn.compact
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
@@ -260,8 +287,12 @@ class BertForSequenceClassification(_BertTaskModel):
         _, out = self.encode(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
                              deterministic, output_attentions, output_hidden_states,
                              sequence_ids=sequence_ids, cls_positions=cls_positions)
-        pooled = _classifier_dropout(cfg)(out.pooler_output, deterministic=deterministic)
-        logits = _classifier(cfg, cfg.num_labels)(pooled)
+        if cfg.classifier_head == "pooler":
+            pooled = _classifier_dropout(cfg)(out.pooler_output, deterministic=deterministic)
+            logits = _classifier(cfg, cfg.num_labels)(pooled)
+        else:
+            logits = ClassificationHead(cfg, name="classifier")(first_tokens(out.last_hidden_state, cls_positions),
+                                                                deterministic)
         loss = None if labels is None else losses.sequence_classification_loss(logits, labels, cfg.problem_type)
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states,
                                         attentions=out.attentions)

@@ -59,11 +59,14 @@ def build_model(config: ml_collections.ConfigDict, model_config: BertConfig):
 
 def build_model_config(config: ml_collections.ConfigDict, vocab_size: int, pad_token_id: int) -> BertConfig:
     """`config.model` sized to the vocab, with positions for `config.data.seq_len` (ELECTRA: the
-    discriminator's, model_type "electra" so that it exports as transformers' ElectraForPreTraining)."""
+    discriminator's, model_type "electra" so that it exports as transformers' ElectraForPreTraining, with
+    ELECTRA's sequence-classification head for the classifiers fine-tuned from it)."""
     model_config = BertConfig(**{**config.model.to_dict(), "vocab_size": vocab_size, "pad_token_id": pad_token_id,
                                  "max_position_embeddings": max(config.model.max_position_embeddings,
                                                                 config.data.seq_len)})
-    return model_config.replace(model_type="electra") if config.objective == "electra" else model_config
+    if config.objective == "electra":
+        return model_config.replace(model_type="electra", classifier_head="electra")
+    return model_config
 
 
 def make_train_step(model, tx, schedule, micro_batches: int, skip_nonfinite: bool, rtd_weight: Optional[float] = None):
