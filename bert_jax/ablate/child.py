@@ -69,16 +69,13 @@ def calibrate(config: ml_collections.ConfigDict, workdir: str) -> None:
     config.eval_every, config.log_every, config.checkpoint_every = 0, steps, steps
     if "best_metric" in config:
         config.best_metric = ""
-    trainer.train_and_evaluate(config, workdir)
-    directory = paths.workdir_path(workdir)
-    with open(directory / "metrics.jsonl") as f:
-        logged = [json.loads(line) for line in f if '"train_seconds"' in line]
-    timed = [record for record in logged if record.get("step") == steps and record.get("split") == "train"]
-    if not timed:
-        raise RuntimeError(f"calibration: no train line with train_seconds at step {steps} in {directory}/metrics.jsonl")
-    seconds = float(timed[-1]["train_seconds"])
-    paths.write_json(directory / CALIBRATION, {"seconds_per_step": seconds / CALIBRATION_STEPS,
-                                               "steps_timed": CALIBRATION_STEPS})
+    result = trainer.train_and_evaluate(config, workdir)
+    seconds = result["train"].get("train_seconds")  # the last log line's clock: every step but the first
+    if result["step"] != steps or seconds is None:
+        raise RuntimeError(f"calibration: the run in {workdir} ended at step {result['step']} of {steps} without "
+                           "a training clock")
+    paths.write_json(paths.workdir_path(workdir) / CALIBRATION, {"seconds_per_step": float(seconds) / CALIBRATION_STEPS,
+                                                                 "steps_timed": CALIBRATION_STEPS})
 
 
 def finetune(config: ml_collections.ConfigDict, workdir: str) -> None:

@@ -189,15 +189,15 @@ def evaluate_like(config: ml_collections.ConfigDict, base: ml_collections.Config
     positions per sequence and sentence pairing (`config.data.eval_*`). With the shared data keys (corpus,
     vocab, sequence length, eval split) and the seed, the batches are then the same examples with the same
     masks for every variant."""
-    mode = lambda c: "nsp" if c.get("objective", "mlm_nsp") == "mlm_nsp" else "full_sentences"  # noqa: E731
+    from bert_jax.training.data import text_mode
     d, b = config.data, base.data
     # Set only where the variant's own batches would differ: BERT as-is stays the base config, key for key.
     if d.masked_lm_prob != b.masked_lm_prob:
         d.eval_masked_lm_prob = float(b.masked_lm_prob)
     if d.max_predictions != b.max_predictions:
         d.eval_max_predictions = int(b.max_predictions)
-    if mode(config) != mode(base):
-        d.eval_mode = mode(base)
+    if text_mode(config) != text_mode(base):
+        d.eval_mode = text_mode(base)
 
 
 def check_buildable(config: ml_collections.ConfigDict, vocab_size: int = 1000) -> Optional[str]:

@@ -123,6 +123,12 @@ def masking_options(config) -> dict:
 EVAL_MODES = ("nsp", "full_sentences")
 
 
+def text_mode(config) -> str:
+    """How a text source lays out `config.objective`'s sequences: sentence pairs with next-sentence labels
+    ("nsp") for mlm_nsp, else contiguous sentences ("full_sentences")."""
+    return "nsp" if config.get("objective", "mlm_nsp") == "mlm_nsp" else "full_sentences"
+
+
 def eval_overrides(config) -> dict:
     """How the evaluation batches of a text source differ from training's (`config.data.eval_masked_lm_prob`,
     `eval_max_predictions`, `eval_mode`; 0 / "" keep training's), checked, as text-loader keyword arguments."""
@@ -157,7 +163,7 @@ def build_pretraining_data(config, workdir: paths.PathLike) -> PretrainingData:
             raise ValueError(f"data source {d.source!r} has {len(documents)} document(s); need at least 2")
         n_eval = max(1, int(round(len(documents) * d.eval_fraction)))
         train_docs, eval_docs = documents[:-n_eval], documents[-n_eval:]
-        mode = "nsp" if config.objective == "mlm_nsp" else "full_sentences"
+        mode = text_mode(config)
         text_kw = dict(seq_len=d.seq_len, masked_lm_prob=d.masked_lm_prob, max_predictions=d.max_predictions,
                        mode=mode, dupe_factor=d.dupe_factor, short_seq_prob=d.short_seq_prob,
                        dynamic_masking=d.dynamic_masking, **masking)
@@ -165,6 +171,7 @@ def build_pretraining_data(config, workdir: paths.PathLike) -> PretrainingData:
         eval_kw = dict(text_kw, **eval_overrides(config))
         make_eval = lambda: pipeline.make_text_mlm_loader(eval_docs, tokenizer, **eval_kw, **dict(
             common, seed=config.seed + 1), shuffle=False)
+        eval_without_token_types = eval_kw["mode"] == "nsp" and config.model.get("type_vocab_size", 2) == 0
     elif d.source.startswith("array_record:"):
         masker = None
         if d.dynamic_masking:  # the shards' static masks are replaced by fresh ones every epoch
@@ -181,6 +188,7 @@ def build_pretraining_data(config, workdir: paths.PathLike) -> PretrainingData:
             raise ValueError(f"config.data.eval_masked_lm_prob / eval_max_predictions / eval_mode apply to text sources; "
                              f"{d.source!r} evaluates on its shards' own masks (set them to 0 / '')")
         train = pipeline.make_pretraining_loader(d.source[len("array_record:"):], masker=masker, **common)
+        eval_without_token_types = False
         eval_source = d.eval_source or d.source[len("array_record:"):]
         # Eval reads the shards' own masks: the same examples, masked the same way, at every evaluation.
         make_eval = lambda: pipeline.make_pretraining_loader(eval_source, **dict(common, seed=config.seed + 1),
@@ -192,9 +200,7 @@ def build_pretraining_data(config, workdir: paths.PathLike) -> PretrainingData:
         vocab_size, pad = tokenizer.vocab_size, tokenizer.pad_token_id
     else:
         vocab_size, pad = (config.model.vocab_size or 30522), 0
-    pairs_without_types = documents is not None and eval_kw.get("mode") == "nsp" and \
-        config.model.get("type_vocab_size", 2) == 0
-    return PretrainingData(train, make_eval, d.eval_batches, tokenizer, vocab_size, pad, pairs_without_types)
+    return PretrainingData(train, make_eval, d.eval_batches, tokenizer, vocab_size, pad, eval_without_token_types)
 
 
 def _check_static_masking(source: str, masking: dict) -> None:

@@ -26,8 +26,8 @@ from bert_jax.training import paths
 logger = logging.getLogger(__name__)
 
 # Libraries whose INFO lines (compilation cache, checkpoint internals, absl's per-call logs) would bury the
-# loop's own log lines.
-NOISY_LOGGERS = ("absl", "jax._src", "orbax", "jax")
+# loop's own log lines ("jax" covers its submodules' loggers).
+NOISY_LOGGERS = ("absl", "orbax", "jax")
 
 
 def log_at_info_without_library_noise() -> None:
