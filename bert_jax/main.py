@@ -63,9 +63,12 @@ def run(argv):
     """Runs `config.mode` for FLAGS.config in FLAGS.workdir (errors propagate; see `main`)."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from bert_jax import host_memory
     from bert_jax.training import metrics
     metrics.log_at_info_without_library_noise()
     config = FLAGS.config
+    # Before the first JAX computation: XLA's threads take their malloc arenas when they first allocate.
+    host_memory.configure(config.get("host_memory", "auto"))
     available = modes(config)
     if config.mode not in available:
         raise app.UsageError(f"unknown mode {config.mode!r} for this config ({' | '.join(available)})")

@@ -32,6 +32,9 @@ def base_config(task_name: str) -> ml_collections.ConfigDict:
     # Dropout's random bits: "threefry" (same masks on any backend and mesh), "rbg" / "unsafe_rbg" (cheaper;
     # see bert_jax.training.loop.set_prng_impl). A run resumes under the implementation it started with.
     c.prng_impl = "threefry"
+    # Host allocator (bert_jax.host_memory): "auto" keeps XLA:CPU's per-step temporaries mapped between steps
+    # when JAX runs on the CPU (no page faults each step); "reuse" always, "default" leaves malloc alone.
+    c.host_memory = "auto"
     c.mode = "finetune"  # finetune (train + eval on dev, keep the best) | evaluate | predict
     # HF BERT directory (config.json + weights + vocab.txt) or a bert_jax workdir (params of the
     # encoder; the head is new). Empty: a freshly initialised model (tests, demos).

@@ -101,6 +101,9 @@ def base_config() -> ml_collections.ConfigDict:
     # Dropout's random bits: "threefry" (same masks on any backend and mesh), "rbg" / "unsafe_rbg" (cheaper;
     # see bert_jax.training.loop.set_prng_impl). A run resumes under the implementation it started with.
     c.prng_impl = "threefry"
+    # Host allocator (bert_jax.host_memory): "auto" keeps XLA:CPU's per-step temporaries mapped between steps
+    # when JAX runs on the CPU (no page faults each step); "reuse" always, "default" leaves malloc alone.
+    c.host_memory = "auto"
     c.mode = "pretrain"
     c.objective = "mlm_nsp"  # or "mlm" (RoBERTa-style, no NSP), or "electra" (replaced-token detection)
     # objective="electra" (bert_jax/training/electra.py): the generator has the discriminator's (config.model's)

@@ -1,6 +1,7 @@
 """Attention kernels: every implementation that runs on CPU agrees with `xla` (the reference);
 fallbacks and errors. Pallas kernels run in interpret mode here; on a GPU/TPU they run compiled."""
 
+import functools
 import logging
 
 import jax
@@ -158,3 +159,53 @@ def test_pallas_tpu_gradients_match_xla(setup):
     ref = jax.jit(jax.grad(loss("xla")))(params)
     out = jax.jit(jax.grad(loss("pallas_tpu")))(params)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-4, rtol=1e-4), ref, out)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_xla_heads_major_layout_computes_the_same(dtype):
+    """`xla_attention(heads_major=True)` (the CPU default) only transposes operands: context, probabilities
+    and gradients equal the einsum layout's with a padding mask, a score bias, a head mask and dropout."""
+    rs = np.random.RandomState(0)
+    b, q, k, n, d = 2, 16, 24, 3, 8
+    query, key, value = (jnp.asarray(rs.randn(b, length, n, d), dtype) for length in (q, k, k))
+    mask = jnp.asarray(rs.rand(b, 1, 1, k) > 0.2)
+    bias = jnp.asarray(rs.randn(1, n, q, k), jnp.float32)
+    head_mask = jnp.asarray([1.0, 0.0, 0.5]).reshape(1, n, 1, 1)
+    kwargs = dict(mask=mask, bias=bias, head_mask=head_mask, dropout_rate=0.1, dropout_rng=jax.random.PRNGKey(3),
+                  return_probs=True)
+
+    def loss(layout, q_, k_, v_):
+        context, probs = attention.xla_attention(q_, k_, v_, heads_major=layout, **kwargs)
+        return jnp.sum(context.astype(jnp.float32) ** 2), (context, probs)
+
+    outs = {layout: jax.jit(jax.value_and_grad(functools.partial(loss, layout), argnums=(0, 1, 2), has_aux=True))(
+        query, key, value) for layout in (False, True)}
+    (_, (ctx0, probs0)), grads0 = outs[False]
+    (_, (ctx1, probs1)), grads1 = outs[True]
+    assert ctx1.shape == ctx0.shape == (b, q, n, d) and probs1.shape == (b, n, q, k)
+    tol = TOL[dtype]
+    np.testing.assert_allclose(np.asarray(probs1), np.asarray(probs0), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(ctx1, np.float32), np.asarray(ctx0, np.float32), atol=tol, rtol=tol)
+    for g1, g0 in zip(grads1, grads0):
+        np.testing.assert_allclose(np.asarray(g1, np.float32), np.asarray(g0, np.float32), atol=tol, rtol=tol)
+    # The dropout really dropped (so the comparison covered it) and the head mask zeroed head 1.
+    assert float(jnp.mean(probs0[:, 0] == 0)) > 0.2 and float(jnp.max(probs0[:, 1])) == 0.0
+
+
+def test_xla_attention_is_heads_major_on_cpu_only(monkeypatch):
+    """The layout follows the compile target: heads-major where XLA:CPU compiles, the einsum layout for
+    GPU/TPU targets (whose layout assignment absorbs the transposes)."""
+    q = jnp.ones((1, 4, 2, 8))
+    seen = []
+    real_matmul = jnp.matmul
+
+    def spy(*args, **kwargs):
+        seen.append(True)
+        return real_matmul(*args, **kwargs)
+
+    monkeypatch.setattr(attention.jnp, "matmul", spy)
+    for platform, expected in (("cpu", True), ("tpu", False), ("gpu", False)):
+        seen.clear()
+        monkeypatch.setattr(attention, "target_platform", lambda p=platform: p)
+        attention.xla_attention(q, q, q)
+        assert bool(seen) is expected, platform

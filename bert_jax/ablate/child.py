@@ -94,7 +94,10 @@ def main(argv) -> int:
     from bert_jax.training import metrics
     metrics.log_at_info_without_library_noise()
     try:
-        STAGES[argv[1]](load_config(argv[2]), argv[3])
+        config = load_config(argv[2])
+        from bert_jax import host_memory
+        host_memory.configure(config.get("host_memory", "auto"))  # before the first JAX computation
+        STAGES[argv[1]](config, argv[3])
     except Exception as e:  # the bench reads the last line as the run's failure reason
         logging.exception("stage %s failed", argv[1])
         sys.stdout.flush()

@@ -38,6 +38,9 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_enum("prng_impl", "threefry", ["threefry", "rbg", "unsafe_rbg"], "PRNG implementation of the JAX "
                       "side's dropout (bert_jax.training.loop.set_prng_impl; torch uses its own generator).",
                       flag_values=fv)
+    flags.DEFINE_enum("host_memory", "auto", ["auto", "reuse", "default"], "Host allocator policy, applied before "
+                      "JAX starts (bert_jax.host_memory.configure; both sides share the process, so it applies to "
+                      "torch too): auto = reuse when JAX runs on the CPU.", flag_values=fv)
     flags.DEFINE_bool("interleave", True, "Alternate JAX and torch steps (--nointerleave: one after the other).",
                       flag_values=fv)
     flags.DEFINE_integer("matmul_size", 4096, "CPU reference matmul size (0 = skip).", flag_values=fv)
@@ -67,8 +70,10 @@ def main(argv: Optional[Sequence[str]] = None, fv: Optional[flags.FlagValues] = 
         argv = list(argv or [])
     else:  # run as a program: absl has consumed the flags; the report shows the command line as typed
         argv = sys.argv[1:]
+    from bert_jax import host_memory
     from bert_jax.training.loop import set_prng_impl
 
+    host_memory.configure(fv.host_memory)  # before the first JAX computation
     set_prng_impl(fv.prng_impl)
     result = run_benchmark(config=fv.config, batch=fv.batch, seq=fv.seq, dtype=fv.dtype, steps=fv.steps,
                            warmup=fv.warmup, modes=fv.mode, heads=fv.mlm_head, torch=fv.torch,

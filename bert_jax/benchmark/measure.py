@@ -34,6 +34,7 @@ class Row:
     loss: Optional[float]
     step_times: List[float]
     background_cores: Optional[float] = None  # other processes' CPU use while this variant was timed
+    page_faults_per_step: Optional[float] = None  # median minor page faults of this variant's timed steps
 
 
 @dataclasses.dataclass
@@ -55,15 +56,30 @@ def _finish(prep: Prepared, times: List[float]) -> Dict[str, Any]:
     return out
 
 
-def _time_steps(step, steps: int, warmup: int) -> List[float]:
+def _time_steps(step, steps: int, warmup: int, faults: Optional[List[int]] = None) -> List[float]:
+    """Runs `warmup` untimed then `steps` timed calls of `step`; returns the step times in seconds and, when
+    `faults` is a list, appends each timed step's minor page faults to it (`minor_page_faults`)."""
     for _ in range(warmup):
         step()
     times = []
     for _ in range(steps):
+        before = minor_page_faults()
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
+        if faults is not None and before is not None:
+            faults.append(minor_page_faults() - before)
     return times
+
+
+def minor_page_faults() -> Optional[int]:
+    """This process's minor page faults so far (getrusage), None where unavailable. Fresh memory the kernel
+    maps on first touch counts here: a step that re-faults its temporaries shows it (bert_jax.host_memory)."""
+    try:
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    except (ImportError, OSError):
+        return None
 
 
 def _rss_bytes() -> Optional[int]:

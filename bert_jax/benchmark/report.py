@@ -41,12 +41,14 @@ def format_markdown(result: Dict[str, Any], command: Optional[str] = None) -> st
         + (f"; torch's own {meta.get('torch_matmul_gflops', 0):.1f} GFLOP/s on the same matmul"
            if meta.get("torch_matmul_gflops") else ""),
         f"- torch side: {meta['torch_side']}",
+        f"- host memory (bert_jax.host_memory, shared by both sides): {meta.get('host_memory', 'n/a')}",
         "- *other load*: CPU cores kept busy by other processes while the variant was timed (from "
         "/proc/stat minus this process); anything well above 0 means the timings are contaminated",
         "",
         f"| framework | mode | MLM head | step (ms, median) | min (ms) | seq/s | tokens/s | compile (s) "
-        f"| GFLOP/token | TFLOP/s | {util_header} | peak memory | memory source | other load (cores) |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+        f"| GFLOP/token | TFLOP/s | {util_header} | peak memory | memory source | page faults/step "
+        f"| other load (cores) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for r in result["rows"]:
         util = "n/a" if r["utilization"] is None else f"{100 * r['utilization']:.1f}%"
@@ -55,6 +57,7 @@ def format_markdown(result: Dict[str, Any], command: Optional[str] = None) -> st
             f"| {r['framework']} | {r['mode']} | {r['head']} | {r['step_s'] * 1e3:.1f} | {r['step_s_min'] * 1e3:.1f} "
             f"| {r['seq_per_s']:.2f} | {r['tokens_per_s']:.0f} | {compile_s} | {r['flops_per_token'] / 1e9:.3f} "
             f"| {r['tflops']:.3f} | {util} | {_fmt_bytes(r['peak_mem_bytes'])} | {r['mem_source']} "
+            f"| {'n/a' if r.get('page_faults_per_step') is None else format(r['page_faults_per_step'], '.0f')} "
             f"| {'n/a' if r.get('background_cores') is None else format(r['background_cores'], '.2f')} |")
     if result["ratios"]:
         lines += ["", "Throughput ratio JAX / torch (torch step time / JAX step time; median steps, and fastest "

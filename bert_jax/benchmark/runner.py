@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import jax
 import numpy as np
 
+from bert_jax import host_memory
 from bert_jax.benchmark.inputs import make_config, synthetic_batch
 from bert_jax.benchmark.jax_side import prepare_jax
 from bert_jax.benchmark import profile as op_profile
@@ -44,7 +45,7 @@ def run_benchmark(config: str = "base", batch: int = 8, seq: int = 128, dtype: s
     meta.update(config=config, batch=batch, seq=seq, dtype=dtype, steps=steps, warmup=warmup, masked_per_row=p,
                 mlm_fraction=mlm_fraction, attention_impl=attention_impl, dropout=dropout,
                 interleave=interleave, loadavg_start=meta.pop("loadavg", None),
-                prng_impl=str(jax.config.jax_default_prng_impl))
+                prng_impl=str(jax.config.jax_default_prng_impl), host_memory=host_memory.describe())
 
     torch_reason = None
     if torch:
@@ -94,16 +95,17 @@ def run_benchmark(config: str = "base", batch: int = 8, seq: int = 128, dtype: s
                 prepared[fw] = (prepare_jax(cfg, data, mode, head, seed, dropout, params_host=model_params_host)
                                 if fw == "jax" else prepare_torch(cfg, data, mode, head, seed))
             times = {fw: [] for fw in frameworks}
+            faults = {fw: [] for fw in frameworks}
             snap = _cpu_snapshot()
             if interleave:
                 for fw in frameworks:
                     _time_steps(prepared[fw].step, 0, warmup)
                 for _ in range(steps):
                     for fw in frameworks:
-                        times[fw] += _time_steps(prepared[fw].step, 1, 0)
+                        times[fw] += _time_steps(prepared[fw].step, 1, 0, faults[fw])
             else:
                 for fw in frameworks:
-                    times[fw] = _time_steps(prepared[fw].step, steps, warmup)
+                    times[fw] = _time_steps(prepared[fw].step, steps, warmup, faults[fw])
             background = background_cores(snap, _cpu_snapshot())
             if profile_dir and "jax" in prepared:
                 log(f"[benchmark] jax {mode} {head}: tracing {profile_steps} steps into {profile_dir} ...")
@@ -121,7 +123,8 @@ def run_benchmark(config: str = "base", batch: int = 8, seq: int = 128, dtype: s
                           flops_per_token=fpt, tflops=achieved / 1e12,
                           utilization=None if ref_flops is None else achieved / ref_flops,
                           peak_mem_bytes=r["peak_mem_bytes"], mem_source=r["mem_source"], loss=r["loss"],
-                          step_times=r["times"], background_cores=background)
+                          step_times=r["times"], background_cores=background,
+                          page_faults_per_step=statistics.median(faults[fw]) if faults[fw] else None)
                 rows.append(row)
                 log(f"[benchmark]   {fw} {mode} {head}: {row.step_s * 1e3:.1f} ms/step (min "
                     f"{row.step_s_min * 1e3:.1f}), {row.seq_per_s:.2f} seq/s"

@@ -66,7 +66,7 @@ class AttentionCall:
 def xla_attention(query: Array, key: Array, value: Array, *, mask: Optional[Array] = None,
                   bias: Optional[Array] = None, head_mask: Optional[Array] = None, scale: Optional[float] = None,
                   dropout_rate: float = 0.0, dropout_rng: Optional[Array] = None,
-                  return_probs: bool = False, dropout_mask: str = "bits",
+                  return_probs: bool = False, dropout_mask: str = "bits", heads_major: Optional[bool] = None,
                   **unused) -> Tuple[Array, Optional[Array]]:
     """Reference attention: einsum scores, float32 softmax, per-element dropout on probabilities.
 
@@ -81,12 +81,23 @@ def xla_attention(query: Array, key: Array, value: Array, *, mask: Optional[Arra
       dropout_mask: "bits" (`bert_jax.modeling.dropout.keep_mask`: 16-bit draws against an integer
         threshold, scaled by the exact keep probability) or "counter" (`flash.dropout_keep`, the
         mask the `flash` kernel draws in-kernel from the same rng, so the two agree element by element).
+      heads_major: transpose the operands to heads-major explicitly before the two contractions (the
+        same arithmetic); None = on CPU only (`target_platform`). XLA:CPU otherwise copies the [B, L, N, D]
+        operands to heads-major inside each batched GEMM; explicit transposes ([B, N, Q, D], keys as
+        [B, N, D, K]) fuse into the projections instead: BERT-base 8x128 fp32 on a 2-core Xeon, inference
+        722 -> 699 ms and the training step 2856 -> 2809 ms (interleaved A/B, medians). GPU and TPU
+        layout assignment already absorbs these transposes.
     Returns:
       (context [B, Q, N, D] in query.dtype, probabilities [B, N, Q, K] float32 or None).
     """
     dtype = query.dtype
     scale = query.shape[-1] ** -0.5 if scale is None else scale
-    scores = jnp.einsum("bqnd,bknd->bnqk", query, key, preferred_element_type=jnp.float32) * scale
+    heads_major = target_platform() == "cpu" if heads_major is None else heads_major
+    if heads_major:
+        scores = jnp.matmul(jnp.swapaxes(query, 1, 2), jnp.transpose(key, (0, 2, 3, 1)),
+                            preferred_element_type=jnp.float32) * scale
+    else:
+        scores = jnp.einsum("bqnd,bknd->bnqk", query, key, preferred_element_type=jnp.float32) * scale
     if bias is not None:
         scores = scores + bias.astype(jnp.float32)
     if mask is not None:
@@ -101,7 +112,10 @@ def xla_attention(query: Array, key: Array, value: Array, *, mask: Optional[Arra
         probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
     if head_mask is not None:
         probs = probs * head_mask.astype(jnp.float32)
-    context = jnp.einsum("bnqk,bknd->bqnd", probs.astype(dtype), value)
+    if heads_major:
+        context = jnp.swapaxes(jnp.matmul(probs.astype(dtype), jnp.swapaxes(value, 1, 2)), 1, 2)
+    else:
+        context = jnp.einsum("bnqk,bknd->bqnd", probs.astype(dtype), value)
     return context, (probs if return_probs else None)
 
 
