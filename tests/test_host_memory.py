@@ -52,12 +52,12 @@ def test_reuse_stops_the_per_call_page_faults():
     assert described_default == "malloc defaults" and described_reuse.startswith("reuse")
     if faults_default < 50:
         pytest.skip(f"this allocator already reuses the block ({faults_default:.0f} faults per call): nothing to show")
-    # Default glibc maps the 144 MiB block afresh on each call (36,865 4-KiB faults here); reused, none.
+    # Default glibc maps the 144 MiB block afresh on each call (36,865 4-KiB faults per call on an idle
+    # machine); reused, none on an idle machine and ~130 (other allocations) under a parallel test run.
     assert faults_reuse * 20 < faults_default, (faults_reuse, faults_default)
-    assert faults_reuse < 100, faults_reuse
     # auto = reuse when JAX runs on the CPU (JAX_PLATFORMS=cpu here).
     applied_auto, faults_auto, _ = _faults("auto")
-    assert applied_auto and faults_auto < 100, faults_auto
+    assert applied_auto and faults_auto * 20 < faults_default, (faults_auto, faults_default)
 
 
 def test_bad_mode_is_refused():
