@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from bert_jax.config import BertConfig
 
+
 def gelu(x: jax.Array) -> jax.Array:
     """Exact GELU, x/2 * (1 + erf(x/sqrt(2))): BERT checkpoints were trained with it. Written as transformers
     writes it rather than `jax.nn.gelu(approximate=False)` (the erfc form): XLA:CPU evaluates erf about twice
