@@ -67,15 +67,16 @@ flags.DEFINE_integer("batch", 8, "Sequences per step.")
 flags.DEFINE_integer("seq", 128, "Tokens per sequence.")
 flags.DEFINE_integer("steps", 6, "Timed steps per side (the median is reported).")
 flags.DEFINE_integer("warmup", 2, "Untimed steps per side after compilation.")
-flags.DEFINE_enum("host_memory", "auto", list(host_memory.MODES), "Host allocator policy for the whole process (both sides; bert_jax.host_memory), applied before JAX starts.")
+flags.DEFINE_enum("host_memory", "auto", list(host_memory.MODES), "Host allocator policy for the whole process "
+                  "(both sides; bert_jax.host_memory), applied before JAX starts.")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     del argv
     args = FLAGS
-    print(f"host memory: {'reuse' if host_memory.configure(args.host_memory) else 'malloc defaults'} "
-          f"(--host_memory={args.host_memory}; both sides)")
+    host_memory.configure(args.host_memory)  # before the first JAX computation
+    print(f"host memory: {host_memory.describe()} (--host_memory={args.host_memory}; both sides)")
     config = inputs.make_config(args.config)
     data = inputs.synthetic_batch(args.batch, args.seq, 0.15, config.vocab_size)
     flax_train, flax_infer = flax_bert_steps(config, data)

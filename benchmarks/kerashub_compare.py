@@ -145,15 +145,16 @@ flags.DEFINE_integer("steps", 6, "Timed steps per side (the median is reported).
 flags.DEFINE_integer("warmup", 2, "Untimed steps per side after compilation.")
 flags.DEFINE_bool("match_activations", True, "bert_jax uses KerasHub's activations (tanh GELU in the FFN, erf "
                   "GELU in the MLM head); --nomatch_activations keeps bert_jax's exact GELU everywhere.")
-flags.DEFINE_enum("host_memory", "auto", list(host_memory.MODES), "Host allocator policy for the whole process (both sides; bert_jax.host_memory), applied before JAX starts.")
+flags.DEFINE_enum("host_memory", "auto", list(host_memory.MODES), "Host allocator policy for the whole process "
+                  "(both sides; bert_jax.host_memory), applied before JAX starts.")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     del argv
     args = FLAGS
-    print(f"host memory: {'reuse' if host_memory.configure(args.host_memory) else 'malloc defaults'} "
-          f"(--host_memory={args.host_memory}; both sides)")
+    host_memory.configure(args.host_memory)  # before the first JAX computation
+    print(f"host memory: {host_memory.describe()} (--host_memory={args.host_memory}; both sides)")
     overrides = dict(hidden_act="gelu_new", mlm_head_act="gelu") if args.match_activations else {}
     config = inputs.make_config(args.config, **overrides)
     data = inputs.synthetic_batch(args.batch, args.seq, 0.15, config.vocab_size)

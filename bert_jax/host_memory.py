@@ -63,6 +63,17 @@ def _glibc():
         return None
 
 
+def _backends_started() -> bool:
+    """Whether JAX has started a backend (and with it XLA's threads). JAX has no public query for this:
+    `jax.extend.backend.backends()` would start them. The private one is read defensively, so a JAX without
+    it only loses the late-call warning."""
+    try:
+        from jax._src import xla_bridge
+        return bool(xla_bridge.backends_are_initialized())
+    except (ImportError, AttributeError):
+        return False
+
+
 def configure(mode: str = "auto") -> bool:
     """Applies the host memory policy `mode` and returns whether the reuse settings are in force.
 
@@ -81,8 +92,7 @@ def configure(mode: str = "auto") -> bool:
     if libc is None:
         logger.info("host_memory=%s: not a glibc Linux process; allocator left as it is", mode)
         return False
-    from jax._src import xla_bridge
-    if xla_bridge.backends_are_initialized():
+    if _backends_started():
         logger.warning("host_memory=%s applied after JAX started its backend: threads that already allocated keep "
                        "their own arenas, so XLA's per-step temporaries may still be mapped afresh each step; call "
                        "bert_jax.host_memory.configure() before the first JAX computation", mode)

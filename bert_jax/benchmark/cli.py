@@ -8,6 +8,7 @@ from typing import Any, Dict, Optional, Sequence
 
 from absl import flags
 
+from bert_jax import host_memory
 from bert_jax.benchmark.inputs import MODEL_CONFIGS
 from bert_jax.benchmark.report import MAX_BACKGROUND_CORES, format_markdown, write_output, write_profiles
 from bert_jax.benchmark.runner import run_benchmark
@@ -38,7 +39,7 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_enum("prng_impl", "threefry", ["threefry", "rbg", "unsafe_rbg"], "PRNG implementation of the JAX "
                       "side's dropout (bert_jax.training.loop.set_prng_impl; torch uses its own generator).",
                       flag_values=fv)
-    flags.DEFINE_enum("host_memory", "auto", ["auto", "reuse", "default"], "Host allocator policy, applied before "
+    flags.DEFINE_enum("host_memory", "auto", list(host_memory.MODES), "Host allocator policy, applied before "
                       "JAX starts (bert_jax.host_memory.configure; both sides share the process, so it applies to "
                       "torch too): auto = reuse when JAX runs on the CPU.", flag_values=fv)
     flags.DEFINE_bool("interleave", True, "Alternate JAX and torch steps (--nointerleave: one after the other).",
@@ -70,7 +71,6 @@ def main(argv: Optional[Sequence[str]] = None, fv: Optional[flags.FlagValues] = 
         argv = list(argv or [])
     else:  # run as a program: absl has consumed the flags; the report shows the command line as typed
         argv = sys.argv[1:]
-    from bert_jax import host_memory
     from bert_jax.training.loop import set_prng_impl
 
     host_memory.configure(fv.host_memory)  # before the first JAX computation
